@@ -1,0 +1,243 @@
+"""SPARE nodes: thin wrappers that validate inputs, call one spare_core job and wrap its result.
+
+Node ids are a public contract (saved workflows reference them): never rename one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..spare_core import comfy_bridge, pipeline
+from ..spare_core.adapter import load_adapter, save_adapter
+from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
+
+CATEGORY = "SPARE"
+SALIENCY, TIMESTEPS, ADAPTER = "SPARE_SALIENCY", "SPARE_TIMESTEPS", "SPARE_ADAPTER"
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from (SD1.x, SD2.x or SDXL). It is never modified."})
+CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
+FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
+                           "tooltip": "The concept to erase, one prompt per line (e.g. 'a painting in the style of Van Gogh')."})
+SURROGATE_INPUT = ("STRING", {"default": "a painting",
+                              "tooltip": "What the concept should turn into (e.g. 'a painting' for a style, 'a dog' for an "
+                                         "object). Empty = the unconditional prediction."})
+RETAIN_INPUT = ("STRING", {"multiline": True, "default": "",
+                           "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept protect "
+                                      "best. Empty = keep the model's unconditional prediction."})
+SAMPLES_INPUT = ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": help_text(SampleConfig, "samples_per_prompt")})
+RESOLUTION_INPUT = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                            "tooltip": "Side in pixels of the square sample images the model draws for itself "
+                                       "(512 for SD1.x, 768 for SD2.x, 1024 for SDXL)."})
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed for sample latents, noise and adapter initialisation."})
+LATENT_INPUT = ("LATENT", {"tooltip": "Optional: VAE-encoded images of the concept to use instead of self-generated samples."})
+
+
+def _fraction(config_class, name: str, default: float):
+    return ("FLOAT", {"default": default, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": help_text(config_class, name)})
+
+
+def _samples(samples: int, resolution: int) -> SampleConfig:
+    return SampleConfig(samples_per_prompt=samples, width=resolution, height=resolution)
+
+
+def _latents(model, latent):
+    return None if latent is None else comfy_bridge.latents_from_comfy(model, latent)
+
+
+class SpareComputeSaliency:
+    DESCRIPTION = "Finds the modules (and rows) of the model that carry the concept, by gradient saliency."
+    CATEGORY = CATEGORY
+    FUNCTION = "compute"
+    RETURN_TYPES = (SALIENCY, "IMAGE")
+    RETURN_NAMES = ("saliency", "chart")
+    OUTPUT_TOOLTIPS = ("Which modules receive an adapter; connect to Train SPARE Adapter.",
+                       "Mean saliency per UNet block; orange blocks hold kept modules.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompts": FORGET_INPUT, "retain_prompts": RETAIN_INPUT,
+            "module_fraction": _fraction(SaliencyConfig, "module_fraction", 0.5),
+            "row_fraction": _fraction(SaliencyConfig, "row_fraction", 1.0),
+            "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
+        }, "optional": {"forget_latents": LATENT_INPUT}}
+
+    def compute(self, model, clip, forget_prompts, retain_prompts, module_fraction, row_fraction, samples,
+                resolution, seed, forget_latents=None):
+        prompts = pipeline.ErasurePrompts.parse(forget_prompts, None, retain_prompts)
+        config = SaliencyConfig(module_fraction=module_fraction, row_fraction=row_fraction)
+        return pipeline.saliency_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
+                                           _latents(model, forget_latents))
+
+
+class SpareTimestepSelector:
+    DESCRIPTION = "Measures at which timesteps the concept changes the model's prediction and turns that into a sampling distribution."
+    CATEGORY = CATEGORY
+    FUNCTION = "select"
+    RETURN_TYPES = (TIMESTEPS, "IMAGE")
+    RETURN_NAMES = ("timesteps", "chart")
+    OUTPUT_TOOLTIPS = ("Timestep distribution for training; connect to Train SPARE Adapter.",
+                       "Sampling probability per timestep bin.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompt": FORGET_INPUT, "surrogate_prompt": SURROGATE_INPUT,
+            "bins": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": help_text(TimestepConfig, "bins")}),
+            "temperature": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 100.0, "step": 0.05,
+                                      "tooltip": help_text(TimestepConfig, "temperature")}),
+            "top_fraction": _fraction(TimestepConfig, "top_fraction", 1.0),
+            "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
+        }}
+
+    def select(self, model, clip, forget_prompt, surrogate_prompt, bins, temperature, top_fraction, samples,
+               resolution, seed):
+        prompts = pipeline.ErasurePrompts.parse(forget_prompt, surrogate_prompt)
+        config = TimestepConfig(bins=bins, temperature=temperature, top_fraction=top_fraction)
+        return pipeline.timesteps_for_model(model, clip, prompts, _samples(samples, resolution), config, seed)
+
+
+class SpareTrainAdapter:
+    DESCRIPTION = ("Trains a sparse erasure LoRA by self-distillation: the concept is mapped onto the surrogate "
+                   "while the retain prompts keep their behaviour. The input model is not changed.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = (ADAPTER, "MODEL", "IMAGE")
+    RETURN_NAMES = ("adapter", "model", "loss_chart")
+    OUTPUT_TOOLTIPS = ("The erasure adapter; save it, apply it, or remove it later.",
+                       "The input model with the erasure applied at strength 1.",
+                       "Training loss per step.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        def number(kind, name, default, low, high, step=None):
+            spec = {"default": default, "min": low, "max": high, "tooltip": help_text(TrainConfig, name)}
+            if step is not None:
+                spec["step"] = step
+            return (kind, spec)
+        return {"required": {
+            "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompts": FORGET_INPUT,
+            "surrogate_prompt": SURROGATE_INPUT, "retain_prompts": RETAIN_INPUT,
+            "rank": number("INT", "rank", 4, 1, 128),
+            "alpha": number("FLOAT", "alpha", 4.0, 0.01, 256.0, 0.01),
+            "steps": number("INT", "steps", 200, 1, 100000),
+            "learning_rate": number("FLOAT", "learning_rate", 1e-4, 1e-7, 1.0, 1e-5),
+            "retain_weight": number("FLOAT", "retain_weight", 1.0, 0.0, 100.0, 0.05),
+            "batch_size": number("INT", "batch_size", 2, 1, 64),
+            "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
+        }, "optional": {
+            "saliency": (SALIENCY, {"tooltip": "From Compute Saliency Mask; computed with defaults when not connected."}),
+            "timesteps": (TIMESTEPS, {"tooltip": "From Timestep Selector; computed with defaults when not connected."}),
+            "forget_latents": LATENT_INPUT,
+        }}
+
+    def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
+              retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None, forget_latents=None):
+        prompts = pipeline.ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
+        config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
+                             retain_weight=retain_weight, batch_size=batch_size)
+        trained = pipeline.train_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
+                                           saliency, timesteps, _latents(model, forget_latents))
+        return trained.adapter, trained.model, trained.loss_chart
+
+
+ADAPTER_INPUT = (ADAPTER, {"tooltip": "An erasure adapter from Train SPARE Adapter or Load Erasure Adapter."})
+
+
+class SpareApplyErasure:
+    DESCRIPTION = "Applies an erasure adapter to a model like a LoRA; strength 0 returns the model unchanged."
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with the concept erased.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": MODEL_INPUT, "adapter": ADAPTER_INPUT,
+                             "strength": ("FLOAT", {"default": 1.0, "min": -20.0, "max": 20.0, "step": 0.01,
+                                                    "tooltip": "How strongly to erase: 0 = off, 1 = as trained; "
+                                                               "above 1 or negative are allowed, like any LoRA."})}}
+
+    def apply(self, model, adapter, strength):
+        return (comfy_bridge.apply_adapter(model, adapter, strength),)
+
+
+class SpareRemoveErasure:
+    DESCRIPTION = "Removes one erasure adapter from a model, keeping every other LoRA applied upstream."
+    CATEGORY = CATEGORY
+    FUNCTION = "remove"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model without this adapter's patches.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": MODEL_INPUT, "adapter": ADAPTER_INPUT}}
+
+    def remove(self, model, adapter):
+        return (comfy_bridge.remove_adapter(model, adapter),)
+
+
+class SpareSaveAdapter:
+    DESCRIPTION = "Saves an erasure adapter to models/loras as a .safetensors LoRA that any LoRA loader can read."
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter": ADAPTER_INPUT,
+            "file_name": ("STRING", {"default": "spare_erasure",
+                                     "tooltip": "File name inside models/loras ('.safetensors' is added)."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of the same name."}),
+        }}
+
+    def save(self, adapter, file_name, overwrite):
+        path = save_adapter(adapter, comfy_bridge.new_lora_file_path(file_name), overwrite=overwrite)
+        return {"ui": {"text": [path.name]}}
+
+
+class SpareLoadAdapter:
+    DESCRIPTION = "Loads an erasure adapter (or any UNet LoRA) from models/loras."
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (ADAPTER,)
+    OUTPUT_TOOLTIPS = ("The adapter, for Apply / Remove Erasure LoRA.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"adapter_name": (comfy_bridge.lora_file_names(),
+                                              {"tooltip": "A .safetensors file in models/loras."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, adapter_name):
+        try:
+            return os.path.getmtime(comfy_bridge.lora_file_path(adapter_name))
+        except (FileNotFoundError, OSError):
+            return float("nan")
+
+    def load(self, adapter_name):
+        return (load_adapter(comfy_bridge.lora_file_path(adapter_name)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SpareComputeSaliency": SpareComputeSaliency,
+    "SpareTimestepSelector": SpareTimestepSelector,
+    "SpareTrainAdapter": SpareTrainAdapter,
+    "SpareApplyErasure": SpareApplyErasure,
+    "SpareRemoveErasure": SpareRemoveErasure,
+    "SpareSaveAdapter": SpareSaveAdapter,
+    "SpareLoadAdapter": SpareLoadAdapter,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SpareComputeSaliency": "Compute Saliency Mask",
+    "SpareTimestepSelector": "Timestep Selector",
+    "SpareTrainAdapter": "Train SPARE Adapter",
+    "SpareApplyErasure": "Apply Erasure LoRA",
+    "SpareRemoveErasure": "Remove Erasure LoRA",
+    "SpareSaveAdapter": "Save Erasure Adapter",
+    "SpareLoadAdapter": "Load Erasure Adapter",
+}

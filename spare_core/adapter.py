@@ -1,0 +1,114 @@
+"""The erasure adapter: a kohya-format LoRA state dict plus metadata, and its safetensors file.
+
+Keys are lora_unet_<module_path>.lora_down.weight / .lora_up.weight / .alpha so any LoRA loader reads
+the file (ComfyUI's stock LoraLoader, 2024 and newer). Metadata lives in the safetensors header as
+strings; structured values are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .lora import KOHYA_PREFIX
+
+FORMAT_NAME = "spare-erasure-lora"
+_KEY = re.compile(r"^(lora_unet_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+@dataclass(frozen=True, eq=False)
+class ErasureAdapter:
+    """Tensors in kohya layout and string metadata. Tensors are never copied once built, so a model
+    patched with this adapter can be recognised by identity when the adapter is removed."""
+
+    tensors: Mapping[str, torch.Tensor]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        stems = {}
+        for key in self.tensors:
+            match = _KEY.match(key)
+            if match is None:
+                raise ValueError(f"adapter key {key!r} is not a kohya LoRA key (lora_unet_*.lora_down.weight / "
+                                 f".lora_up.weight / .alpha)")
+            stems.setdefault(match.group(1), set()).add(match.group(2))
+        incomplete = [s for s, parts in stems.items() if not {"lora_down.weight", "lora_up.weight"} <= parts]
+        if incomplete:
+            raise ValueError(f"adapter modules without both lora_down and lora_up: {incomplete[:5]}")
+        if not stems:
+            raise ValueError("adapter has no LoRA weights")
+
+    @property
+    def module_stems(self) -> tuple[str, ...]:
+        return tuple(sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0]
+                             for k in self.tensors}))
+
+    def info(self, key: str, default=None):
+        """A metadata value, JSON-decoded where it was stored as JSON."""
+        raw = self.metadata.get(key)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def build_metadata(**values) -> dict[str, str]:
+    """Header metadata: every value JSON-encoded except plain strings; common kohya fields added."""
+    metadata = {"format": FORMAT_NAME, "spare_version": __version__}
+    for key, value in values.items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    if "rank" in values:
+        metadata["ss_network_dim"] = str(values["rank"])
+    if "alpha" in values:
+        metadata["ss_network_alpha"] = str(values["alpha"])
+    metadata["ss_network_module"] = "networks.lora"
+    return metadata
+
+
+def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False) -> Path:
+    """Write atomically (temp file in the same folder, then rename); refuse to replace a file unasked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another file name or enable overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in adapter.tensors.items()}, tmp, metadata=dict(adapter.metadata))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_adapter(path: os.PathLike) -> ErasureAdapter:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path.name} is not a readable .safetensors file: {error}") from error
+    unet_keys = {k: v for k, v in tensors.items() if k.startswith(KOHYA_PREFIX)}
+    if not unet_keys:
+        raise ValueError(f"{path.name} holds no lora_unet_* keys; it is not a UNet LoRA "
+                         f"(first keys: {sorted(tensors)[:3]})")
+    return ErasureAdapter(unet_keys, metadata)

@@ -1,0 +1,104 @@
+"""Typed settings for each stage. The help text of each field doubles as the node tooltip."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+def help_text(config_class, name: str) -> str:
+    """The documented meaning of one config field (used for node tooltips)."""
+    for f in fields(config_class):
+        if f.name == name:
+            return f.metadata["help"]
+    raise KeyError(f"{config_class.__name__} has no field {name!r}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    samples_per_prompt: int = _help("Latents the frozen model generates per prompt; they stand in for a dataset.", default=2)
+    steps: int = _help("Euler steps used to generate each sample latent (few are enough to show the concept).", default=8)
+    cfg: float = _help("Classifier-free guidance scale used while generating the sample latents.", default=5.0)
+    width: int = _help("Width in pixels of the generated sample images (latent is width/8).", default=512)
+    height: int = _help("Height in pixels of the generated sample images (latent is height/8).", default=512)
+
+    def __post_init__(self):
+        _check_positive_int("samples_per_prompt", self.samples_per_prompt)
+        _check_positive_int("steps", self.steps)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8 pixels, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SaliencyConfig:
+    module_fraction: float = _help(
+        "Share of Linear/Conv modules that receive an adapter, ranked by mean gradient saliency "
+        "(the SPARE reference keeps the top 0.5).", default=0.5)
+    row_fraction: float = _help(
+        "Inside each kept module, share of output rows that may change (1.0 = whole module).", default=1.0)
+    draws: int = _help("Noisy draws (random noise and timestep per sample) whose |gradient| is accumulated.", default=4)
+    retain_contrast: float = _help(
+        "Blend between plain forget saliency (0) and its contrast with the retain prompts on the same noisy "
+        "latents (1), which scores low the modules that also carry retained concepts or ignore the text.",
+        default=1.0)
+
+    def __post_init__(self):
+        _check_fraction("module_fraction", self.module_fraction)
+        _check_fraction("row_fraction", self.row_fraction)
+        _check_positive_int("draws", self.draws)
+        if not (math.isfinite(self.retain_contrast) and 0 <= self.retain_contrast <= 1):
+            raise ValueError(f"retain_contrast must be in [0, 1], got {self.retain_contrast!r}")
+
+
+@dataclass(frozen=True)
+class TimestepConfig:
+    bins: int = _help("Number of equal bins the model's timestep schedule is split into.", default=10)
+    draws_per_bin: int = _help("Noisy draws per bin used to measure how much the concept changes the prediction.", default=4)
+    temperature: float = _help(
+        "Sharpness of the sampling distribution: p ∝ score^(1/temperature). Large = closer to uniform.", default=1.0)
+    top_fraction: float = _help("Share of bins (highest scores) that training may sample; the rest get zero.", default=1.0)
+
+    def __post_init__(self):
+        if not isinstance(self.bins, int) or isinstance(self.bins, bool) or self.bins < 1:
+            raise ValueError(f"bins must be an integer >= 1, got {self.bins!r}")
+        _check_positive_int("draws_per_bin", self.draws_per_bin)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        _check_fraction("top_fraction", self.top_fraction)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = _help("LoRA rank of each adapted module.", default=4)
+    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", default=4.0)
+    steps: int = _help("Optimisation steps of self-distillation.", default=200)
+    learning_rate: float = _help("AdamW learning rate for the adapter weights.", default=1e-4)
+    retain_weight: float = _help("λ in loss = forget + λ·retain; higher protects retained concepts more.", default=1.0)
+    batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
+
+    def __post_init__(self):
+        _check_positive_int("rank", self.rank)
+        _check_positive_int("steps", self.steps)
+        _check_positive_int("batch_size", self.batch_size)
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (math.isfinite(self.retain_weight) and self.retain_weight >= 0):
+            raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight!r}")

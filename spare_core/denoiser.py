@@ -1,0 +1,79 @@
+"""What the algorithm needs from a diffusion model, independent of ComfyUI.
+
+The bridge builds a ``Denoiser`` from a ComfyUI MODEL; tests build one from a toy ``nn.Module``.
+All algorithm code speaks in noise (epsilon) space, x_t = x_0 + sigma * eps, whatever the model
+predicts natively, so eps-, v-prediction and SDXL models share one loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning for N prompts: cross-attention context (N, L, D) and, for SDXL, ADM vector y (N, A)."""
+
+    context: torch.Tensor
+    y: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.context.ndim != 3:
+            raise ValueError(f"conditioning context must be (prompts, tokens, dim), got shape {tuple(self.context.shape)}")
+        if self.y is not None and self.y.shape[0] != self.context.shape[0]:
+            raise ValueError(f"conditioning y has {self.y.shape[0]} rows but context has {self.context.shape[0]}")
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Conditioning":
+        """Rows ``index`` (a 1-D long tensor), e.g. one prompt per batch element."""
+        index = index.to(self.context.device)
+        return Conditioning(self.context[index], None if self.y is None else self.y[index.to(self.y.device)])
+
+    def to(self, device, dtype) -> "Conditioning":
+        # Always copies: tensors made under ComfyUI's inference_mode cannot enter an autograd graph.
+        return Conditioning(
+            self.context.to(device=device, dtype=dtype, copy=True),
+            None if self.y is None else self.y.to(device=device, dtype=dtype, copy=True),
+        )
+
+    @staticmethod
+    def cat(parts: "list[Conditioning]") -> "Conditioning":
+        lengths = {p.context.shape[1] for p in parts}
+        if len(lengths) > 1:
+            # Prompts over 77 tokens give longer contexts; zero-padding would change attention, so refuse.
+            raise ValueError(f"cannot batch conditionings of different token lengths {sorted(lengths)}")
+        ys = [p.y for p in parts]
+        return Conditioning(
+            torch.cat([p.context for p in parts]),
+            None if any(y is None for y in ys) else torch.cat(ys),
+        )
+
+
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """A diffusion model seen as eps(x_t, sigma, cond).
+
+    unet: the module tree whose Linear / Conv2d layers saliency scores and adapters target.
+    predict_noise: (x_t (B,C,H,W), sigma (B,), cond with B rows) -> eps estimate (B,C,H,W), float32.
+    sigmas: the model's own noise schedule, ascending, one entry per training timestep.
+    """
+
+    unet: torch.nn.Module
+    predict_noise: NoisePredictor
+    sigmas: torch.Tensor
+    latent_channels: int
+    device: torch.device
+    dtype: torch.dtype
+    family: str = "unknown"
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.sigmas.shape[0])

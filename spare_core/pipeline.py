@@ -1,0 +1,166 @@
+"""The node-level jobs: prompts and a ComfyUI MODEL in, saliency / timesteps / adapter out.
+
+Each job encodes its prompts first (CLIP may need the device), then opens one denoiser session in which
+the frozen model draws its own concept samples and the SPARE stages run.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from . import charts, comfy_bridge
+from .adapter import ErasureAdapter, build_metadata
+from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from .denoiser import Conditioning, Denoiser
+from .saliency import SaliencyMap, block_of, compute_saliency
+from .samples import ConceptSamples, generate_samples
+from .timesteps import TimestepDistribution, select_timesteps
+from .trainer import TrainResult, train_adapter
+
+
+def parse_prompts(text: str, input_name: str, required: bool = True) -> list[str]:
+    """One prompt per non-empty line."""
+    prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if required and not prompts:
+        raise ValueError(f"{input_name} is empty: write at least one prompt (one per line)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class ErasurePrompts:
+    forget: tuple[str, ...]
+    surrogate: str
+    retain: tuple[str, ...]
+
+    @staticmethod
+    def parse(forget_text: str, surrogate: Optional[str] = None, retain_text: str = "") -> "ErasurePrompts":
+        """``surrogate`` None: a job that needs no surrogate (saliency)."""
+        forget = parse_prompts(forget_text, "forget_prompts")
+        needs_surrogate = surrogate is not None
+        surrogate = (surrogate or "").strip()
+        if needs_surrogate and surrogate in forget:
+            raise ValueError(f"surrogate_prompt {surrogate!r} equals a forget prompt: the surrogate is what the "
+                             f"concept should turn into, so it must differ (e.g. 'a painting' for a style)")
+        retain = parse_prompts(retain_text, "retain_prompts", required=False)
+        clash = [p for p in retain if p in forget]
+        if clash:
+            raise ValueError(f"retain_prompts contains the forget prompt {clash[0]!r}: a concept cannot be both "
+                             f"erased and kept")
+        return ErasurePrompts(tuple(forget), surrogate, tuple(retain))
+
+    @property
+    def retain_or_unconditional(self) -> tuple[str, ...]:
+        # Without retain prompts, keep the unconditional prediction: the model's general prior.
+        return self.retain or ("",)
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    forget: Conditioning
+    surrogate: Conditioning
+    retain: Conditioning
+    uncond: Conditioning
+
+
+def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> _Encoded:
+    def encode(texts, name):
+        return comfy_bridge.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
+    return _Encoded(
+        forget=encode(prompts.forget, "forget_prompts"),
+        surrogate=encode([prompts.surrogate], "surrogate_prompt"),
+        retain=encode(prompts.retain_or_unconditional, "retain_prompts"),
+        uncond=encode([""], "the empty prompt"),
+    )
+
+
+def _forget_samples(denoiser: Denoiser, encoded: _Encoded, samples: SampleConfig, seed: int, report,
+                    forget_latents: Optional[torch.Tensor]) -> ConceptSamples:
+    if forget_latents is None:
+        return generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
+    rows = torch.arange(forget_latents.shape[0]) % len(encoded.forget)
+    return ConceptSamples(forget_latents, encoded.forget.select(rows))
+
+
+def _generation_steps(samples: SampleConfig, with_retain: bool, forget_latents) -> int:
+    return samples.steps * ((forget_latents is None) + with_retain)
+
+
+def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: SaliencyConfig,
+                       seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
+    contrast = config.retain_contrast > 0
+    encoded = _encode(model, clip, prompts, samples)
+    report = comfy_bridge.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws * (1 + contrast))
+    with comfy_bridge.denoiser_session(model) as denoiser:
+        forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
+        result = compute_saliency(denoiser, forget, encoded.retain if contrast else None, config, seed, report)
+    return result, saliency_chart(result)
+
+
+def timesteps_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TimestepConfig,
+                        seed: int) -> tuple[TimestepDistribution, torch.Tensor]:
+    encoded = _encode(model, clip, prompts, samples)
+    report = comfy_bridge.StepReporter(samples.steps + config.bins)
+    with comfy_bridge.denoiser_session(model) as denoiser:
+        forget = generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
+        result = select_timesteps(denoiser, forget, encoded.surrogate, config, seed, report)
+    return result, timestep_chart(result)
+
+
+@dataclass(frozen=True)
+class TrainedErasure:
+    adapter: ErasureAdapter
+    model: object
+    loss_chart: torch.Tensor
+    result: TrainResult
+
+
+def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
+                    saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
+                    forget_latents: Optional[torch.Tensor] = None, loss_hook=None) -> TrainedErasure:
+    """Train the erasure; stages not given are computed here with their default settings."""
+    family = comfy_bridge.model_family(model)
+    encoded = _encode(model, clip, prompts, samples)
+    saliency_config, timestep_config = SaliencyConfig(), TimestepConfig()
+    contrast = saliency is None and saliency_config.retain_contrast > 0
+    total = (_generation_steps(samples, True, forget_latents) + config.steps
+             + (saliency_config.draws * (1 + contrast) if saliency is None else 0)
+             + (timestep_config.bins if timesteps is None else 0))
+    report = comfy_bridge.StepReporter(total)
+    with comfy_bridge.denoiser_session(model) as denoiser:
+        forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
+        retain = generate_samples(denoiser, encoded.retain, encoded.uncond, samples, seed + 1, report)
+        if saliency is None:
+            saliency = compute_saliency(denoiser, forget, encoded.retain if contrast else None, saliency_config, seed,
+                                        report)
+        if timesteps is None:
+            timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
+        result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
+                               report, loss_hook)
+    metadata = build_metadata(
+        forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),
+        base_model=family, modules=len(saliency.selected), module_fraction=saliency.module_fraction,
+        row_fraction=saliency.row_fraction, timestep_bin_edges=list(timesteps.bin_edges),
+        timestep_probabilities=[round(p, 6) for p in timesteps.probabilities], seed=seed,
+        final_loss=result.losses[-1], created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **asdict(config))
+    adapter = ErasureAdapter(result.state_dict, metadata)
+    return TrainedErasure(adapter, comfy_bridge.apply_adapter(model, adapter, 1.0),
+                          charts.line_chart(list(result.losses), "SPARE distillation loss"), result)
+
+
+def saliency_chart(result: SaliencyMap) -> torch.Tensor:
+    blocks = result.block_scores()
+    selected_blocks = {block_of(name) for name in result.selected}
+    names = list(blocks)
+    return charts.bar_chart([blocks[n] for n in names], names,
+                            f"saliency per UNet block ({len(result.selected)} modules kept, orange = holds kept modules)",
+                            [n in selected_blocks for n in names])
+
+
+def timestep_chart(result: TimestepDistribution) -> torch.Tensor:
+    labels = [f"{lo}-{hi}" for lo, hi in zip(result.bin_edges[:-1], result.bin_edges[1:])]
+    return charts.bar_chart(list(result.probabilities), labels, "timestep sampling probability per bin")

@@ -1,0 +1,59 @@
+"""Concept samples without a dataset: the frozen model draws its own latents for each prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import SampleConfig
+from .denoiser import Conditioning, Denoiser
+
+
+@dataclass(frozen=True)
+class ConceptSamples:
+    """Clean latents (N, C, H, W) with the conditioning row of the prompt each one was drawn for."""
+
+    latents: torch.Tensor
+    cond: Conditioning
+
+    def __post_init__(self):
+        if self.latents.shape[0] != len(self.cond):
+            raise ValueError(f"{self.latents.shape[0]} latents but {len(self.cond)} conditioning rows")
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def pick(self, count: int, generator: torch.Generator) -> "ConceptSamples":
+        index = torch.randint(len(self), (count,), generator=generator)
+        return ConceptSamples(self.latents[index.to(self.latents.device)], self.cond.select(index))
+
+
+def sampling_sigmas(denoiser: Denoiser, steps: int) -> torch.Tensor:
+    """``steps`` sigmas evenly spaced over the model's own timestep indices, high to low, then 0."""
+    index = torch.linspace(denoiser.num_timesteps - 1, 0, steps).round().long()
+    sigmas = denoiser.sigmas.float().cpu()[index]
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+@torch.no_grad()
+def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditioning, config: SampleConfig,
+                     seed: int, on_step: Callable[[int], None] = lambda step: None) -> ConceptSamples:
+    """Euler sampling with classifier-free guidance, ``samples_per_prompt`` latents per prompt row."""
+    generator = torch.Generator().manual_seed(seed)
+    repeat = torch.arange(len(prompts)).repeat_interleave(config.samples_per_prompt)
+    cond = prompts.select(repeat)
+    count = len(cond)
+    shape = (count, denoiser.latent_channels, config.height // 8, config.width // 8)
+    sigmas = sampling_sigmas(denoiser, config.steps)
+    x = torch.randn(shape, generator=generator).to(denoiser.device) * sigmas[0]
+    uncond_rows = uncond.select(torch.zeros(count, dtype=torch.long))
+    both = Conditioning.cat([cond.to(denoiser.device, denoiser.dtype), uncond_rows.to(denoiser.device, denoiser.dtype)])
+    for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        sigma_batch = torch.full((2 * count,), float(sigma), device=denoiser.device)
+        eps_cond, eps_uncond = denoiser.predict_noise(torch.cat([x, x]), sigma_batch, both).chunk(2)
+        eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)
+        x = x + eps * float(sigma_next - sigma)
+        on_step(step)
+    return ConceptSamples(x.float(), cond)

