@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..spare_core import comfy_bridge, pipeline
+from ..spare_core.prompts import ErasurePrompts
 from ..spare_core.adapter import load_adapter, save_adapter
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
 
@@ -65,7 +66,7 @@ class SpareComputeSaliency:
 
     def compute(self, model, clip, forget_prompts, retain_prompts, module_fraction, row_fraction, samples,
                 resolution, seed, forget_latents=None):
-        prompts = pipeline.ErasurePrompts.parse(forget_prompts, None, retain_prompts)
+        prompts = ErasurePrompts.parse(forget_prompts, None, retain_prompts)
         config = SaliencyConfig(module_fraction=module_fraction, row_fraction=row_fraction)
         return pipeline.saliency_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
                                            _latents(model, forget_latents))
@@ -93,7 +94,7 @@ class SpareTimestepSelector:
 
     def select(self, model, clip, forget_prompt, surrogate_prompt, bins, temperature, top_fraction, samples,
                resolution, seed):
-        prompts = pipeline.ErasurePrompts.parse(forget_prompt, surrogate_prompt)
+        prompts = ErasurePrompts.parse(forget_prompt, surrogate_prompt)
         config = TimestepConfig(bins=bins, temperature=temperature, top_fraction=top_fraction)
         return pipeline.timesteps_for_model(model, clip, prompts, _samples(samples, resolution), config, seed)
 
@@ -134,7 +135,7 @@ class SpareTrainAdapter:
 
     def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
               retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None, forget_latents=None):
-        prompts = pipeline.ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
+        prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
         config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size)
         trained = pipeline.train_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,

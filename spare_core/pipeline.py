@@ -16,46 +16,11 @@ from . import charts, comfy_bridge
 from .adapter import ErasureAdapter, build_metadata
 from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from .denoiser import Conditioning, Denoiser
+from .prompts import ErasurePrompts
 from .saliency import SaliencyMap, block_of, compute_saliency
 from .samples import ConceptSamples, generate_samples
 from .timesteps import TimestepDistribution, select_timesteps
 from .trainer import TrainResult, train_adapter
-
-
-def parse_prompts(text: str, input_name: str, required: bool = True) -> list[str]:
-    """One prompt per non-empty line."""
-    prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if required and not prompts:
-        raise ValueError(f"{input_name} is empty: write at least one prompt (one per line)")
-    return prompts
-
-
-@dataclass(frozen=True)
-class ErasurePrompts:
-    forget: tuple[str, ...]
-    surrogate: str
-    retain: tuple[str, ...]
-
-    @staticmethod
-    def parse(forget_text: str, surrogate: Optional[str] = None, retain_text: str = "") -> "ErasurePrompts":
-        """``surrogate`` None: a job that needs no surrogate (saliency)."""
-        forget = parse_prompts(forget_text, "forget_prompts")
-        needs_surrogate = surrogate is not None
-        surrogate = (surrogate or "").strip()
-        if needs_surrogate and surrogate in forget:
-            raise ValueError(f"surrogate_prompt {surrogate!r} equals a forget prompt: the surrogate is what the "
-                             f"concept should turn into, so it must differ (e.g. 'a painting' for a style)")
-        retain = parse_prompts(retain_text, "retain_prompts", required=False)
-        clash = [p for p in retain if p in forget]
-        if clash:
-            raise ValueError(f"retain_prompts contains the forget prompt {clash[0]!r}: a concept cannot be both "
-                             f"erased and kept")
-        return ErasurePrompts(tuple(forget), surrogate, tuple(retain))
-
-    @property
-    def retain_or_unconditional(self) -> tuple[str, ...]:
-        # Without retain prompts, keep the unconditional prediction: the model's general prior.
-        return self.retain or ("",)
 
 
 @dataclass(frozen=True)

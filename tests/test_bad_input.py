@@ -1,0 +1,136 @@
+"""Each bad input gets a clear error that names the input and what would be valid; nothing is lost."""
+
+import pytest
+import torch
+
+import model_factory
+from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
+from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.prompts import ErasurePrompts
+
+
+@pytest.mark.parametrize("forget, surrogate, retain, message", [
+    ("", "a painting", "", "forget_prompts is empty"),
+    ("  \n \n", "a painting", "", "forget_prompts is empty"),
+    ("a cat", "a cat", "", "surrogate_prompt 'a cat' equals a forget prompt"),
+    ("a cat\na kitten", " a kitten ", "", "surrogate_prompt 'a kitten' equals a forget prompt"),
+    ("a cat", "a dog", "a bird\na cat", "retain_prompts contains the forget prompt 'a cat'"),
+])
+def test_prompt_errors(forget, surrogate, retain, message):
+    with pytest.raises(ValueError, match=message):
+        ErasurePrompts.parse(forget, surrogate, retain)
+
+
+def test_prompts_are_one_per_line():
+    prompts = ErasurePrompts.parse(" a cat \n\n a kitten\n", "a dog", "a bird\n")
+    assert prompts.forget == ("a cat", "a kitten") and prompts.retain == ("a bird",)
+    assert ErasurePrompts.parse("a cat", "").retain_or_unconditional == ("",)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(rank=0), r"rank must be a positive integer, got 0"),
+    (lambda: TrainConfig(rank=-2), r"rank must be a positive integer, got -2"),
+    (lambda: TrainConfig(steps=0), r"steps must be a positive integer, got 0"),
+    (lambda: TrainConfig(learning_rate=float("nan")), r"learning_rate must be > 0"),
+    (lambda: SaliencyConfig(module_fraction=0.0), r"module_fraction must be in \(0, 1\], got 0.0"),
+    (lambda: SaliencyConfig(module_fraction=1.5), r"module_fraction must be in \(0, 1\], got 1.5"),
+    (lambda: SaliencyConfig(row_fraction=-0.1), r"row_fraction must be in \(0, 1\]"),
+    (lambda: TimestepConfig(top_fraction=2.0), r"top_fraction must be in \(0, 1\]"),
+    (lambda: TimestepConfig(temperature=0.0), r"temperature must be > 0"),
+    (lambda: SampleConfig(width=100), r"width must be a positive multiple of 8 pixels, got 100"),
+])
+def test_config_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_rank_above_what_a_module_allows_names_the_module(comfy, bridge, small_sd15):
+    from spare_core.lora import SparseLoRASet, adaptable_modules
+    unet = small_sd15.model.diffusion_model
+    name = "input_blocks.0.0"  # conv_in: 64 outputs
+    with pytest.raises(ValueError, match=rf"module {name}: rank 100 is too large .* at most 36"):
+        SparseLoRASet(unet, rank=100, alpha=1.0, row_masks={name: None}, seed=0)
+    assert name in adaptable_modules(unet)
+
+
+def test_unsupported_model_types_are_refused(comfy, bridge):
+    import comfy.supported_models
+    config = dict(model_factory.SD15_UNET, in_channels=9, model_channels=64, num_heads=-1, num_head_channels=32)
+    inpainting = model_factory._patched_model(comfy.supported_models.SD15(model_factory.unet_config(config)), 0)
+    with pytest.raises(ValueError, match=r"model input is an inpainting .* SD1.x, SD2.x .* and SDXL"):
+        bridge.model_family(inpainting)
+    with pytest.raises(ValueError, match=r"model input is not a ComfyUI diffusion MODEL"):
+        bridge.model_family(object())
+
+
+def test_missing_clip_is_named(bridge, small_sd15):
+    with pytest.raises(ValueError, match=r"clip input is empty, so forget_prompts cannot be encoded"):
+        bridge.encode_prompts(small_sd15, None, ["a cat"], 512, 512, "forget_prompts")
+
+
+def _tiny_adapter(model, metadata=None):
+    from spare_core.lora import SparseLoRASet
+    unet = model.model.diffusion_model
+    lora_set = SparseLoRASet(unet, rank=2, alpha=2.0, row_masks={"out.2": None, "input_blocks.0.0": None}, seed=0)
+    return ErasureAdapter(lora_set.kohya_state_dict(), metadata or {"base_model": "sd1"})
+
+
+def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_match(bridge, small_sd15, small_sdxl):
+    from spare_core.lora import SparseLoRASet
+    unet = small_sd15.model.diffusion_model
+    attention = [name for name, _ in unet.named_modules() if name.endswith("attn2.to_k")]
+    lora_set = SparseLoRASet(unet, rank=2, alpha=2.0, row_masks={n: None for n in attention}, seed=0)
+    adapter = ErasureAdapter(lora_set.kohya_state_dict(), {"base_model": "sd1"})
+    # The SDXL test UNet has the same module names but a 2048-wide context: every to_k differs in shape.
+    with pytest.raises(ValueError, match=r"adapter does not fit this model: .* is 64x768 .* made for sd1"):
+        bridge.apply_adapter(small_sdxl, adapter, 1.0)
+    renamed = ErasureAdapter({k.replace("lora_unet_", "lora_unet_missing_"): v for k, v in adapter.tensors.items()},
+                             {"base_model": "sd1"})
+    with pytest.raises(ValueError, match=rf"{len(attention)} of {len(attention)} modules did not match"):
+        bridge.apply_adapter(small_sd15, renamed, 1.0)
+
+
+def test_file_that_is_not_safetensors_is_refused(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("this is not a tensor file")
+    with pytest.raises(ValueError, match=r"notes.safetensors is not a readable .safetensors file"):
+        load_adapter(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_adapter(tmp_path / "missing.safetensors")
+
+
+def test_file_without_unet_lora_keys_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "te_only.safetensors"
+    save_file({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 4)}, str(path))
+    with pytest.raises(ValueError, match="holds no lora_unet_\\* keys"):
+        load_adapter(path)
+
+
+def test_save_never_overwrites_unasked_and_writes_atomically(bridge, small_sd15, tmp_path):
+    adapter = _tiny_adapter(small_sd15)
+    path = save_adapter(adapter, tmp_path / "erase.safetensors")
+    original = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists; choose another file name or enable overwrite"):
+        save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path)
+    assert path.read_bytes() == original
+    save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path, overwrite=True)
+    assert load_adapter(path).metadata["note"] == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["erase.safetensors"], "no temporary files left behind"
+
+
+@pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "sub/../../x", "", "  ", "a/./b"])
+def test_save_names_outside_models_loras_are_refused(bridge, name):
+    with pytest.raises(ValueError, match="file_name .* (is not a plain file name inside models/loras|would be written)"):
+        bridge.new_lora_file_path(name)
+
+
+def test_save_name_gets_the_extension_and_stays_in_models_loras(comfy, bridge):
+    path = bridge.new_lora_file_path("erasures/van_gogh")
+    assert path.name == "van_gogh.safetensors"
+    assert path.parent.parent == comfy.folder("loras").resolve()
+
+
+def test_loading_a_missing_adapter_names_the_file(bridge):
+    with pytest.raises(FileNotFoundError, match=r"adapter file 'nope.safetensors' is not in models/loras"):
+        bridge.lora_file_path("nope.safetensors")

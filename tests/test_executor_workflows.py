@@ -1,0 +1,79 @@
+"""The pack inside ComfyUI's own PromptExecutor, loaded from a custom_nodes folder like a user's install."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import workflows
+from spare_core.adapter import load_adapter
+
+
+def image_files(comfy, prefix):
+    return sorted(comfy.folder("output").glob(f"{prefix}_*.png"))
+
+
+@pytest.fixture(scope="module")
+def erased_run(comfy, sd15_checkpoint):
+    run = comfy.run_prompt(workflows.erase_and_generate(sd15_checkpoint, "workflow_erasure"))
+    assert run.success, run.error
+    return run
+
+
+def test_the_pack_registers_every_node_with_tooltips(comfy):
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    ids = ["SpareComputeSaliency", "SpareTimestepSelector", "SpareTrainAdapter", "SpareApplyErasure",
+           "SpareRemoveErasure", "SpareSaveAdapter", "SpareLoadAdapter"]
+    for node_id in ids:
+        node = mappings[node_id]
+        assert node.CATEGORY == "SPARE"
+        for section in node.INPUT_TYPES().values():
+            for name, spec in section.items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["SpareTrainAdapter"] == "Train SPARE Adapter"
+
+
+def test_erase_generate_and_save_through_the_executor(comfy, erased_run):
+    for prefix in ("spare_erased", "spare_loss", "spare_saliency", "spare_timesteps"):
+        assert image_files(comfy, prefix), f"no {prefix} image written"
+    path = comfy.folder("loras") / "workflow_erasure.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = list(handle.keys())
+    assert all(k.startswith("lora_unet_") for k in keys)
+    assert json.loads(metadata["forget_prompts"]) == [workflows.FORGET]
+    assert metadata["surrogate_prompt"] == workflows.SURROGATE
+    assert json.loads(metadata["retain_prompts"]) == workflows.RETAIN.splitlines()
+    assert metadata["base_model"] == "sd1" and metadata["rank"] == "4" and metadata["steps"] == "3"
+    assert len(json.loads(metadata["timestep_probabilities"])) == 4
+    trained = erased_run.outputs["6"][0][0]
+    assert load_adapter(path).tensors.keys() == trained.tensors.keys()
+
+
+def test_saved_adapter_through_stock_lora_loader_and_load_apply_remove(comfy, erased_run, sd15_checkpoint):
+    run = comfy.run_prompt(workflows.stock_lora_and_spare_load(sd15_checkpoint, "workflow_erasure.safetensors"))
+    assert run.success, run.error
+    assert image_files(comfy, "spare_stock_lora")
+    latent = {node: run.outputs[node][0][0]["samples"] for node in ("6", "9", "10", "12")}
+    torch.testing.assert_close(latent["6"], latent["9"], atol=1e-4, rtol=0)  # stock LoraLoader == Apply Erasure
+    assert not torch.equal(latent["9"], latent["10"])                         # the erasure changes the output
+    assert torch.equal(latent["12"], latent["10"])                            # Remove restores the base exactly
+
+
+def test_saving_again_under_the_same_name_is_refused(comfy, erased_run, sd15_checkpoint):
+    path = comfy.folder("loras") / "workflow_erasure.safetensors"
+    before = path.read_bytes()
+    run = comfy.run_prompt(workflows.erase_and_generate(sd15_checkpoint, "workflow_erasure", train_steps=1))
+    assert not run.success
+    assert "already exists" in str(run.error)
+    assert path.read_bytes() == before
+
+
+def test_bad_input_in_a_graph_is_a_clear_node_error(comfy, sd15_checkpoint):
+    prompt = workflows.erase_and_generate(sd15_checkpoint, "never_written")
+    prompt["6"]["inputs"]["forget_prompts"] = "   \n  "
+    run = comfy.run_prompt(prompt)
+    assert not run.success
+    assert "forget_prompts is empty" in str(run.error)
+    assert not (comfy.folder("loras") / "never_written.safetensors").exists()

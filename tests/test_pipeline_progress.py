@@ -1,0 +1,55 @@
+"""The node-level job on the stock-loaded checkpoint: progress every step, Cancel honoured, base untouched."""
+
+import pytest
+import torch
+
+from conftest import assert_bit_identical, unet_snapshot
+from spare_core.config import SampleConfig, TrainConfig
+from spare_core.prompts import ErasurePrompts
+
+PROMPTS = ErasurePrompts.parse("a painting in the style of Van Gogh", "a painting", "a photo of a dog")
+SAMPLES = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
+
+
+@pytest.fixture()
+def progress_events(comfy):
+    import comfy.utils
+    events = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, *rest: events.append((value, total)))
+    yield events
+    comfy.utils.set_progress_bar_global_hook(None)
+
+
+def test_progress_advances_every_step_to_the_total(comfy, sd15, progress_events):
+    from spare_core import pipeline
+    model, clip, _ = sd15
+    snapshot = unet_snapshot(model)
+    with torch.inference_mode():  # as inside ComfyUI's executor
+        trained = pipeline.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=3), seed=0)
+    values = [value for value, _ in progress_events]
+    total = progress_events[-1][1]
+    assert values == list(range(1, total + 1))
+    # 2 generation passes x 2 steps + saliency 4 draws x 2 (contrast) + 10 timestep bins + 3 training steps
+    assert total == 4 + 8 + 10 + 3
+    assert len(trained.result.losses) == 3
+    assert_bit_identical(model, snapshot)
+
+
+def test_cancel_stops_training_and_leaves_the_model_untouched(comfy, sd15, progress_events):
+    import comfy.model_management
+    from spare_core import pipeline
+    model, clip, _ = sd15
+    snapshot = unet_snapshot(model)
+
+    def cancel_at_fifth_step(step, loss):
+        if step == 4:
+            comfy.model_management.interrupt_current_processing(True)
+        return loss
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        with torch.inference_mode():
+            pipeline.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=50), seed=0,
+                                     loss_hook=cancel_at_fifth_step)
+    comfy.model_management.interrupt_current_processing(False)
+    assert progress_events[-1][0] < progress_events[-1][1], "training must stop before the last step"
+    assert_bit_identical(model, snapshot)
