@@ -15,7 +15,7 @@ SAMPLES = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
 def progress_events(comfy):
     import comfy.utils
     events = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, *rest: events.append((value, total)))
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, *rest, **named: events.append((value, total)))
     yield events
     comfy.utils.set_progress_bar_global_hook(None)
 
