@@ -3,4 +3,4 @@
 Everything here is plain torch except ``comfy_bridge``, the one module that talks to ComfyUI.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # keep equal to pyproject.toml [project].version

@@ -121,9 +121,17 @@ def saliency_chart(result: SaliencyMap) -> torch.Tensor:
     blocks = result.block_scores()
     selected_blocks = {block_of(name) for name in result.selected}
     names = list(blocks)
-    return charts.bar_chart([blocks[n] for n in names], names,
+    return charts.bar_chart([blocks[n] for n in names], [_short_block(n) for n in names],
                             f"saliency per UNet block ({len(result.selected)} modules kept, orange = holds kept modules)",
                             [n in selected_blocks for n in names])
+
+
+def _short_block(name: str) -> str:
+    for long, short in (("input_blocks.", "in "), ("middle_block.", "mid "), ("output_blocks.", "out "),
+                        ("time_embed.", "time "), ("label_emb.", "label ")):
+        if name.startswith(long):
+            return short + name[len(long):]
+    return name
 
 
 def timestep_chart(result: TimestepDistribution) -> torch.Tensor:
