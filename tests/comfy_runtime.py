@@ -55,6 +55,11 @@ class ComfyRuntime:
     def folder(self, name: str) -> Path:
         return self.work / name
 
+    def unload_models(self) -> None:
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+
     def run_prompt(self, prompt: dict) -> "PromptRun":
         """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor."""
         execution = self.modules["execution"]
@@ -93,11 +98,13 @@ class PromptRun:
     validation: tuple
 
 
-def boot(work: Path) -> ComfyRuntime:
+def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
+    """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its model and output
+    folders into ``work``, load the pack from a custom_nodes folder there and build a PromptExecutor."""
     root = comfy_root()
     sys.path.insert(0, str(root))
     saved_argv = sys.argv
-    sys.argv = [saved_argv[0], "--cpu"]
+    sys.argv = [saved_argv[0]] + (["--cpu"] if cpu else [])
     try:
         import comfy.options
         comfy.options.enable_args_parsing()

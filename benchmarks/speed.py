@@ -1,0 +1,252 @@
+"""Speed and memory of one erasure, stage by stage: SPARE, dense LoRA (no saliency) and ESD-x, on SD1.5 and
+SDXL architectures built inside ComfyUI with random weights (time and memory do not depend on the values).
+
+    python benchmarks/speed.py                       # full size on a GPU, reduced size on a CPU
+    python benchmarks/speed.py --size reduced --json docs/results/speed.json --markdown docs/benchmarks.md
+
+Prints a table and writes JSON. A benchmark, not a test: no figure here is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+import comfy_runtime  # noqa: E402
+import model_factory  # noqa: E402
+
+# Full-size UNet configs as ComfyUI detects them from the released checkpoints.
+SD15_FULL = dict(model_factory.SD15_UNET, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                 transformer_depth_middle=1)
+SDXL_FULL = dict(model_factory.SDXL_UNET, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
+                 transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                 transformer_depth_middle=10, num_head_channels=64)
+SD15_REDUCED = dict(model_factory.SD15_UNET, model_channels=64, num_heads=-1, num_head_channels=32,
+                    num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                    transformer_depth_output=[1, 1, 1, 1])
+SDXL_REDUCED = dict(model_factory.SDXL_UNET, num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+                    transformer_depth_output=[1, 1, 1, 1])
+
+FAMILIES = {
+    # name: (supported_models class name, full config, reduced config, context dim, full resolution)
+    "sd15": ("SD15", SD15_FULL, SD15_REDUCED, 768, 512),
+    "sdxl": ("SDXL", SDXL_FULL, SDXL_REDUCED, 2048, 1024),
+}
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def timed(into: dict, stage: str):
+    synchronize()
+    start = time.perf_counter()
+    yield
+    synchronize()
+    into[stage] = round(time.perf_counter() - start, 4)
+
+
+def reset_memory():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gb() -> dict:
+    if torch.cuda.is_available():
+        return {"peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    # CPU: the process's peak resident memory (it never goes down, so later methods include earlier ones).
+    return {"peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def build_model(family: str, size: str, dtype: torch.dtype):
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    class_name, full, reduced, _, _ = FAMILIES[family]
+    config = model_factory.unet_config(full if size == "full" else reduced)
+    model_config = getattr(comfy.supported_models, class_name)(config)
+    model_config.set_inference_dtype(dtype, None) if hasattr(model_config, "set_inference_dtype") else None
+    device = comfy.model_management.get_torch_device()
+    with torch.no_grad():
+        model = model_config.get_model({}, device=device)
+        model.diffusion_model.to(device=device, dtype=dtype)
+        generator = torch.Generator(device=device).manual_seed(0)
+        for param in model.diffusion_model.parameters():  # ComfyUI leaves weights uninitialised
+            param.normal_(0.0, 0.02, generator=generator)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def conditionings(bridge, model, family, resolution):
+    from spare_core.denoiser import Conditioning  # noqa: F401
+    context_dim = FAMILIES[family][3]
+    generator = torch.Generator().manual_seed(1)
+
+    def one():
+        context = torch.randn(1, 77, context_dim, generator=generator)
+        pooled = torch.randn(1, 1280, generator=generator) if family == "sdxl" else None
+        return bridge.conditioning_from_tensors(model, context, pooled, resolution, resolution)
+    return {name: one() for name in ("forget", "surrogate", "retain", "uncond")}
+
+
+def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
+    from spare_core.adapter import ErasureAdapter, save_adapter
+    from spare_core.config import SaliencyConfig, TimestepConfig, TrainConfig
+    from spare_core.lora import adaptable_modules
+    from spare_core.saliency import SaliencyMap, compute_saliency
+    from spare_core.samples import generate_samples
+    from spare_core.timesteps import select_timesteps
+    from spare_core.trainer import train_adapter
+    stages: dict = {}
+    reset_memory()
+    config = TrainConfig(steps=settings.train_steps, batch_size=settings.batch_size)
+    with bridge.denoiser_session(model) as denoiser:
+        with timed(stages, "samples"):
+            forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
+            retain = generate_samples(denoiser, cond["retain"], cond["uncond"], settings.samples, seed=1)
+        if dense:
+            names = tuple(adaptable_modules(denoiser.unet))
+            saliency = SaliencyMap({n: 1.0 for n in names}, names, {n: None for n in names}, 1.0, 1.0)
+        else:
+            with timed(stages, "saliency"):
+                saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(), seed=0)
+        with timed(stages, "timesteps"):
+            timesteps = select_timesteps(denoiser, forget, cond["surrogate"], TimestepConfig(), seed=0)
+        with timed(stages, "train"):
+            result = train_adapter(denoiser, saliency, timesteps, forget, cond["surrogate"], retain, config, seed=0)
+        reference = reference_step_seconds(denoiser, saliency, forget, cond, config)
+    memory = peak_memory_gb()
+    with tempfile.TemporaryDirectory() as folder, timed(stages, "save"):
+        path = save_adapter(ErasureAdapter(result.state_dict), Path(folder) / "adapter.safetensors")
+        adapter_mb = path.stat().st_size / 1e6
+    step = stages["train"] / config.steps
+    return {"seconds_total": round(sum(stages.values()), 3), "seconds_by_stage": stages, **memory,
+            "adapter_mb": round(adapter_mb, 3), "seconds_per_step": round(step, 4),
+            "step_efficiency": round(step / reference, 3), "modules": len(saliency.selected)}
+
+
+def reference_step_seconds(denoiser, saliency, forget, cond, config, repeats: int = 3) -> float:
+    """One UNet forward+backward (gradients to the same adapter) plus one no-grad forward, on the batch a
+    training step uses: the floor a distillation step cannot go below."""
+    from spare_core.lora import SparseLoRASet
+    from spare_core.denoiser import Conditioning
+    adapters = SparseLoRASet(denoiser.unet, config.rank, config.alpha, saliency.row_masks, seed=0)
+    batch = 2 * config.batch_size
+    x = forget.latents[:1].repeat(batch, 1, 1, 1).to(denoiser.device)
+    sigma = denoiser.sigmas[[500] * batch].to(denoiser.device)
+    rows = Conditioning.cat([cond["forget"]] * batch).to(denoiser.device, denoiser.dtype)
+    times = []
+    with adapters.attached(denoiser.unet):
+        for _ in range(repeats + 1):
+            synchronize()
+            start = time.perf_counter()
+            with torch.no_grad(), adapters.disabled():
+                denoiser.predict_noise(x, sigma, rows)
+            denoiser.predict_noise(x, sigma, rows).square().mean().backward()
+            synchronize()
+            times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def run_esd(bridge, model, cond, settings) -> dict:
+    from spare_core.baselines import ESDConfig, train_esd_x
+    stages: dict = {}
+    reset_memory()
+    config = ESDConfig(iterations=settings.esd_iterations, latent_size=settings.samples.height // 8)
+    with bridge.denoiser_session(model) as denoiser, timed(stages, "train"):
+        weights = train_esd_x(denoiser, cond["forget"], cond["uncond"], config, seed=0)
+    per_iteration = stages["train"] / config.iterations
+    paper_iterations = ESDConfig().iterations
+    stages["train_extrapolated_to_paper_iterations"] = round(per_iteration * paper_iterations, 2)
+    adapter_mb = sum(w.numel() * w.element_size() for w in weights.values()) / 1e6
+    return {"seconds_total": stages["train_extrapolated_to_paper_iterations"], "seconds_by_stage": stages,
+            **peak_memory_gb(), "adapter_mb": round(adapter_mb, 3), "seconds_per_step": round(per_iteration, 4),
+            "step_efficiency": None, "measured_iterations": config.iterations,
+            "note": f"{config.iterations} iterations measured, total extrapolated to the paper's {paper_iterations}; "
+                    "the output is the fine-tuned cross-attention weights (their size shown as adapter_mb)"}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Device: {results['device']}; date {results['date']}; size {results['size']}; "
+             f"command `{results['command']}`", "",
+             "| model | method | total s | stages (s) | peak GB | adapter MB | s/step | step efficiency |",
+             "|---|---|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        for method, row in results.get(family, {}).items():
+            stages = ", ".join(f"{k} {v}" for k, v in row["seconds_by_stage"].items())
+            lines.append(f"| {family} | {method} | {row['seconds_total']} | {stages} | {row['peak_memory_gb']} | "
+                         f"{row['adapter_mb']} | {row['seconds_per_step']} | {row['step_efficiency']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from spare_core.config import SampleConfig
+    parser = argparse.ArgumentParser(description="SPARE speed and memory benchmark")
+    parser.add_argument("--size", choices=["full", "reduced"], default=None,
+                        help="full-size architectures (default on a GPU) or reduced ones (default on a CPU)")
+    parser.add_argument("--models", default="sd15,sdxl")
+    parser.add_argument("--train-steps", type=int, default=200, help="SPARE and dense-LoRA training steps")
+    parser.add_argument("--esd-iterations", type=int, default=None, help="measured ESD-x iterations (default 20 full, 2 reduced)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default fp16 on GPU, fp32 on CPU")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    args = parser.parse_args(argv)
+
+    gpu = torch.cuda.is_available()
+    size = args.size or ("full" if gpu else "reduced")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if gpu else "fp32")]
+    runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-bench-")), cpu=not gpu)
+    from spare_core import comfy_bridge as bridge
+
+    results = {"device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()})",
+               "date": datetime.date.today().isoformat(), "size": size, "dtype": str(dtype).replace("torch.", ""),
+               "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    for family in args.models.split(","):
+        resolution = FAMILIES[family][4] if size == "full" else 64
+        settings = argparse.Namespace(
+            train_steps=args.train_steps,
+            esd_iterations=args.esd_iterations or (20 if size == "full" else 2),
+            batch_size=args.batch_size,
+            samples=SampleConfig(samples_per_prompt=2, steps=8, width=resolution, height=resolution))
+        model = build_model(family, size, dtype)
+        cond = conditionings(bridge, model, family, resolution)
+        results[family] = {
+            "spare": run_spare(bridge, model, cond, settings, dense=False),
+            "dense_lora": run_spare(bridge, model, cond, settings, dense=True),
+            "esd_x": run_esd(bridge, model, cond, settings),
+        }
+        spare, esd = results[family]["spare"], results[family]["esd_x"]
+        results[family]["spare"]["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
+        del model
+        runtime.unload_models()
+    table = markdown(results)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

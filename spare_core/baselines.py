@@ -1,0 +1,95 @@
+"""Baselines that benchmarks run beside SPARE, implemented from their papers on the same Denoiser.
+
+ESD-x (Gandikota et al., "Erasing Concepts from Diffusion Models", arXiv 2303.07345): fine-tune the
+cross-attention weights so that, for the concept c,
+    ε_θ*(x_t, c) → ε_θ(x_t) − η · (ε_θ(x_t, c) − ε_θ(x_t))          (ESD Eq. 2, negative guidance)
+where x_t comes from sampling the model being trained for a random number of its 50 steps, and θ are the
+frozen original weights. Paper defaults: 1000 iterations, Adam lr 1e-5, η = 1, 50 sampling steps, guidance 3
+while drawing x_t. The frozen teacher is the original value of the trained weights, swapped in for teacher
+passes, so only the cross-attention weights are held twice (the paper keeps two whole models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .denoiser import Conditioning, Denoiser
+from .samples import sampling_sigmas
+
+
+@dataclass(frozen=True)
+class ESDConfig:
+    iterations: int = 1000
+    learning_rate: float = 1e-5
+    negative_guidance: float = 1.0
+    sampling_steps: int = 50
+    sampling_guidance: float = 3.0
+    latent_size: int = 64
+
+
+def cross_attention_linears(unet: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in unet.named_modules() if ".attn2." in f".{name}." and isinstance(m, nn.Linear)}
+
+
+@contextlib.contextmanager
+def _trainable_copies(modules: dict[str, nn.Linear]):
+    """Give each module a trainable copy of its weight; yield (trainable, frozen) weight lists; restore after."""
+    originals = {name: m._parameters["weight"] for name, m in modules.items()}
+    trainable = {name: nn.Parameter(w.detach().clone().float(), requires_grad=True) for name, w in originals.items()}
+    try:
+        for name, m in modules.items():
+            m._parameters["weight"] = trainable[name]
+        yield trainable, originals
+    finally:
+        for name, m in modules.items():
+            m._parameters["weight"] = originals[name]
+
+
+@contextlib.contextmanager
+def _weights(modules: dict[str, nn.Linear], weights: dict[str, torch.Tensor]):
+    current = {name: m._parameters["weight"] for name, m in modules.items()}
+    try:
+        for name, m in modules.items():
+            m._parameters["weight"] = weights[name]
+        yield
+    finally:
+        for name, m in modules.items():
+            m._parameters["weight"] = current[name]
+
+
+def train_esd_x(denoiser: Denoiser, concept: Conditioning, uncond: Conditioning, config: ESDConfig, seed: int,
+                on_step: Callable[[int, float], None] = lambda step, loss: None) -> dict[str, torch.Tensor]:
+    """Returns the fine-tuned cross-attention weights (float32, CPU), keyed by module path."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = cross_attention_linears(denoiser.unet)
+    schedule = sampling_sigmas(denoiser, config.sampling_steps)
+    cond = concept.to(denoiser.device, denoiser.dtype)
+    both = Conditioning.cat([concept, uncond]).to(denoiser.device, denoiser.dtype)
+    side = config.latent_size
+    with _trainable_copies(modules) as (trainable, frozen):
+        optimizer = torch.optim.Adam(trainable.values(), lr=config.learning_rate)
+        for step in range(config.iterations):
+            stop = int(torch.randint(config.sampling_steps, (1,), generator=generator))
+            x = torch.randn((1, denoiser.latent_channels, side, side), generator=generator).to(denoiser.device)
+            x = x * schedule[0]
+            with torch.no_grad():
+                for sigma, sigma_next in zip(schedule[:stop], schedule[1:stop + 1]):
+                    s = torch.full((2,), float(sigma), device=denoiser.device)
+                    eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), s, both).chunk(2)
+                    x = x + (eps_u + config.sampling_guidance * (eps_c - eps_u)) * float(sigma_next - sigma)
+                sigma_t = torch.full((2,), float(schedule[stop]), device=denoiser.device)
+                with _weights(modules, frozen):
+                    eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), sigma_t, both).chunk(2)
+                target = eps_u - config.negative_guidance * (eps_c - eps_u)
+            loss = F.mse_loss(denoiser.predict_noise(x, sigma_t[:1], cond), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            on_step(step, float(loss.detach()))
+        return {name: w.detach().cpu() for name, w in trainable.items()}

@@ -1,0 +1,26 @@
+"""The speed benchmark runs end to end at reduced size and writes the documented JSON shape.
+(Its figures are not asserted: speed targets are benchmarks, not tests.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--size", "reduced", "--models", "sd15,sdxl",
+                    "--train-steps", "2", "--esd-iterations", "1", "--json", str(out)],
+                   check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
+    results = json.loads(out.read_text())
+    assert {"device", "date", "command"} <= results.keys()
+    for family in ("sd15", "sdxl"):
+        for method in ("spare", "esd_x", "dense_lora"):
+            row = results[family][method]
+            assert {"seconds_total", "seconds_by_stage", "peak_memory_gb", "adapter_mb", "step_efficiency"} <= row.keys()
+            assert row["seconds_total"] > 0 and row["adapter_mb"] > 0
+        assert set(results[family]["spare"]["seconds_by_stage"]) == {"samples", "saliency", "timesteps", "train", "save"}
+        assert results[family]["spare"]["modules"] < results[family]["dense_lora"]["modules"]
