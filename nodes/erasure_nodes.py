@@ -9,7 +9,7 @@ import os
 
 from ..spare_core import comfy_bridge, pipeline
 from ..spare_core.prompts import ErasurePrompts
-from ..spare_core.adapter import load_adapter, save_adapter
+from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
 
 CATEGORY = "SPARE"
@@ -40,6 +40,11 @@ def _fraction(config_class, name: str, default: float):
 
 def _samples(samples: int, resolution: int) -> SampleConfig:
     return SampleConfig(samples_per_prompt=samples, width=resolution, height=resolution)
+
+
+def _with_adapter_info(adapter, result: tuple) -> dict:
+    """Outputs plus the adapter's description for the web extension to show on the node."""
+    return {"ui": {"spare_adapter": [describe(adapter.metadata)]}, "result": result}
 
 
 def _latents(model, latent):
@@ -140,7 +145,7 @@ class SpareTrainAdapter:
                              retain_weight=retain_weight, batch_size=batch_size)
         trained = pipeline.train_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
                                            saliency, timesteps, _latents(model, forget_latents))
-        return trained.adapter, trained.model, trained.loss_chart
+        return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
 
 
 ADAPTER_INPUT = (ADAPTER, {"tooltip": "An erasure adapter from Train SPARE Adapter or Load Erasure Adapter."})
@@ -161,7 +166,7 @@ class SpareApplyErasure:
                                                                "above 1 or negative are allowed, like any LoRA."})}}
 
     def apply(self, model, adapter, strength):
-        return (comfy_bridge.apply_adapter(model, adapter, strength),)
+        return _with_adapter_info(adapter, (comfy_bridge.apply_adapter(model, adapter, strength),))
 
 
 class SpareRemoveErasure:
@@ -176,7 +181,7 @@ class SpareRemoveErasure:
         return {"required": {"model": MODEL_INPUT, "adapter": ADAPTER_INPUT}}
 
     def remove(self, model, adapter):
-        return (comfy_bridge.remove_adapter(model, adapter),)
+        return _with_adapter_info(adapter, (comfy_bridge.remove_adapter(model, adapter),))
 
 
 class SpareSaveAdapter:
@@ -220,7 +225,8 @@ class SpareLoadAdapter:
             return float("nan")
 
     def load(self, adapter_name):
-        return (load_adapter(comfy_bridge.lora_file_path(adapter_name)),)
+        adapter = load_adapter(comfy_bridge.lora_file_path(adapter_name))
+        return _with_adapter_info(adapter, (adapter,))
 
 
 NODE_CLASS_MAPPINGS = {

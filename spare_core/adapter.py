@@ -97,6 +97,39 @@ def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = F
     return path
 
 
+def read_metadata(path: os.PathLike) -> dict[str, str]:
+    """The safetensors header metadata alone (no tensors are read); ValueError if the file is not safetensors."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{Path(path).name} is not a readable .safetensors file: {error}") from error
+
+
+def describe(metadata: Mapping[str, str]) -> dict:
+    """What a person wants to see about an adapter; tolerant of files that are not ours or have broken metadata."""
+    def value(key, default=None):
+        raw = metadata.get(key)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, TypeError):
+            return raw
+    forget = value("forget_prompts", [])
+    return {
+        "is_spare": metadata.get("format") == FORMAT_NAME,
+        "forget_prompts": forget if isinstance(forget, list) else [str(forget)],
+        "surrogate_prompt": value("surrogate_prompt", ""),
+        "retain_prompts": value("retain_prompts", []),
+        "rank": value("rank", value("ss_network_dim")),
+        "steps": value("steps"),
+        "base_model": value("base_model"),
+        "created": value("created"),
+        "modules": value("modules"),
+    }
+
+
 def load_adapter(path: os.PathLike) -> ErasureAdapter:
     path = Path(path)
     if not path.is_file():

@@ -189,6 +189,14 @@ def denoiser_session(model) -> Iterator[Denoiser]:
         )
 
 
+PROGRESS_EVENT = "spare.progress"
+
+
+def _prompt_server():
+    import server  # ComfyUI's server module; absent when the pack is used outside ComfyUI's app
+    return getattr(server.PromptServer, "instance", None)
+
+
 class StepReporter:
     """Advance ComfyUI's progress bar and honour the Cancel button once per step."""
 
@@ -198,6 +206,25 @@ class StepReporter:
     def __call__(self, *_step_info) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update(1)
+
+    def training(self, total_steps: int):
+        """A per-step callback for the training loop that also pushes (step, loss) to the browser, where the
+        web extension draws the live loss curve on the node."""
+        prompt_server = _prompt_server()
+        node = getattr(prompt_server, "last_node_id", None)
+
+        def report(step: int, loss: float) -> None:
+            self()
+            if prompt_server is not None:
+                prompt_server.send_sync(PROGRESS_EVENT, {"node": node, "step": step + 1, "total": total_steps,
+                                                         "loss": loss}, prompt_server.client_id)
+        return report
+
+
+def server_routes():
+    """ComfyUI's aiohttp route table, or None when no ComfyUI server is running."""
+    prompt_server = _prompt_server()
+    return None if prompt_server is None else prompt_server.routes
 
 
 # ---------------------------------------------------------------- adapters on MODEL patches

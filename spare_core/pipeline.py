@@ -104,7 +104,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         if timesteps is None:
             timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
         result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
-                               report, loss_hook)
+                               report.training(config.steps), loss_hook)
     metadata = build_metadata(
         forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),
         base_model=family, modules=len(saliency.selected), module_fraction=saliency.module_fraction,

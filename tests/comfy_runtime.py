@@ -129,16 +129,18 @@ def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
     if hasattr(folder_paths, "filename_list_cache"):
         folder_paths.filename_list_cache.clear()
 
+    # As in ComfyUI's main.py, the server exists before custom nodes load (packs register routes on it).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    prompt_server = server.PromptServer.instance if hasattr(server.PromptServer, "instance") else None
+    if prompt_server is None:
+        prompt_server = server.PromptServer(loop)
     link = work / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(REPO_ROOT, target_is_directory=True)
     loaded = _run(nodes.load_custom_node(str(link)))
     if loaded is False:
         raise RuntimeError("ComfyUI failed to load the SPARE pack (see the log above)")
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    prompt_server = server.PromptServer(loop)
     executor = execution.PromptExecutor(prompt_server)
     return ComfyRuntime(root, work, executor, prompt_server, loop,
                         {"execution": execution, "folder_paths": folder_paths, "nodes": nodes, "server": server})

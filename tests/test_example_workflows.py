@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from workflow_format import ui_to_api
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 API_FILES = sorted((EXAMPLES / "api").glob("*.json"))
+# The erasure examples save the adapters that the load / compare / stack examples use.
+SAVES = {"erase_style": "spare_erase_van_gogh.safetensors", "erase_object": "spare_erase_cat.safetensors"}
 
 
 def _demo_module():
@@ -38,15 +41,50 @@ def test_ui_twin_describes_the_same_graph(comfy, api_file):
     assert _canonical(from_ui) == _canonical(api)
 
 
-@pytest.mark.parametrize("api_file", API_FILES, ids=lambda p: p.stem)
-def test_example_runs_through_the_executor(comfy, sd15_checkpoint, api_file):
-    demo = _demo_module()
-    prompt = demo.shrink_for_cpu(json.loads(api_file.read_text()), train_steps=2)
+def _run_example(comfy, checkpoint, name):
+    prompt = _demo_module().shrink_for_cpu(json.loads((EXAMPLES / "api" / f"{name}.json").read_text()), train_steps=2)
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = sd15_checkpoint
-        if node["class_type"] == "SpareSaveAdapter":
-            node["inputs"]["file_name"] = f"example_{api_file.stem}"
-    run = comfy.run_prompt(prompt)
+            node["inputs"]["ckpt_name"] = checkpoint
+    return comfy.run_prompt(prompt)
+
+
+@pytest.fixture(scope="module")
+def example_adapters(comfy, sd15_checkpoint):
+    """Runs the erasure examples (which save the adapters the other examples load) once, in order."""
+    runs = {}
+    for name, file_name in SAVES.items():
+        saved = comfy.folder("loras") / file_name
+        if saved.exists():
+            saved.unlink()
+        runs[name] = _run_example(comfy, sd15_checkpoint, name)
+    return runs
+
+
+def test_every_example_is_covered():
+    assert {p.stem for p in API_FILES} == set(SAVES) | {"compare_saved_adapter", "stack_and_remove"}
+
+
+@pytest.mark.parametrize("name", list(SAVES))
+def test_erasure_examples_run_and_save_their_adapter(comfy, example_adapters, name):
+    assert example_adapters[name].success, example_adapters[name].error
+    assert (comfy.folder("loras") / SAVES[name]).exists()
+
+
+def test_compare_example_shows_without_and_with_side_by_side(comfy, sd15_checkpoint, example_adapters):
+    run = _run_example(comfy, sd15_checkpoint, "compare_saved_adapter")
     assert run.success, run.error
-    assert (comfy.folder("loras") / f"example_{api_file.stem}.safetensors").exists()
+    without, with_adapter = run.outputs["11"][0][0]
+    assert not torch.equal(without, with_adapter)
+    assert run.ui["3"]["spare_adapter"][0]["forget_prompts"][0] == "a painting in the style of Van Gogh"
+
+
+def test_stack_example_removes_one_erasure_and_keeps_the_other(comfy, bridge, sd15_checkpoint, example_adapters):
+    run = _run_example(comfy, sd15_checkpoint, "stack_and_remove")
+    assert run.success, run.error
+    both, one_removed = run.outputs["5"][0][0], run.outputs["6"][0][0]
+    cat_only = bridge.apply_adapter(run.outputs["1"][0][0], run.outputs["3"][0][0], 1.0)
+    def entries(model):
+        return sum(len(v) for v in model.patches.values())
+    assert set(one_removed.patches) == set(cat_only.patches)
+    assert entries(one_removed) == entries(cat_only) < entries(both)

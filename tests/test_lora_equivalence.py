@@ -48,7 +48,7 @@ def test_training_forward_apply_node_and_stock_loader_agree(comfy, bridge, sd15,
         training_forward = denoiser.predict_noise(latents + sigma.view(-1, 1, 1, 1) * noise, sigma,
                                                   prompts.forget.select(torch.zeros(2, dtype=torch.long)))
 
-    applied = comfy.node("SpareApplyErasure").apply(model, adapter, 1.0)[0]
+    applied = comfy.node("SpareApplyErasure").apply(model, adapter, 1.0)["result"][0]
     save_adapter(adapter, comfy.folder("loras") / "equivalence.safetensors", overwrite=True)
     stock, _ = comfy.node("LoraLoader").load_lora(model, clip, "equivalence.safetensors", 1.0, 0.0)
 
@@ -63,7 +63,13 @@ def test_training_forward_apply_node_and_stock_loader_agree(comfy, bridge, sd15,
 def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, bridge, sd15, trained):
     model = sd15[0]
     _, _, adapter = trained
-    apply = comfy.node("SpareApplyErasure").apply
+    node = comfy.node("SpareApplyErasure")
+
+    def apply(model, adapter, strength):
+        output = node.apply(model, adapter, strength)
+        assert output["ui"]["spare_adapter"][0]["base_model"] == "sd1"
+        return output["result"]
+
     assert apply(model, adapter, 0.0)[0] is model
     path = next(iter(SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model, adapter.tensors).paths))
 
@@ -72,7 +78,7 @@ def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, bri
             return denoiser.unet.get_submodule(path).weight.detach().clone()
 
     base = weight(model)
-    full = weight(apply(model, adapter, 1.0)[0]) - base
+    full = weight(apply(model, adapter, 1.0)["result"][0]) - base
     assert full.abs().max() > 0
     for strength in (0.5, 2.0, -1.0):
         torch.testing.assert_close(weight(apply(model, adapter, strength)[0]) - base, strength * full,
@@ -97,8 +103,8 @@ def test_apply_then_remove_is_bit_identical_and_keeps_upstream_loras(comfy, brid
     prompts, forget, adapter = trained
     save_file(upstream_lora(model), str(comfy.folder("loras") / "upstream_style.safetensors"))
     styled, _ = comfy.node("LoraLoader").load_lora(model, clip, "upstream_style.safetensors", 1.0, 0.0)
-    erased = comfy.node("SpareApplyErasure").apply(styled, adapter, 0.8)[0]
-    restored = comfy.node("SpareRemoveErasure").remove(erased, adapter)[0]
+    erased = comfy.node("SpareApplyErasure").apply(styled, adapter, 0.8)["result"][0]
+    restored = comfy.node("SpareRemoveErasure").remove(erased, adapter)["result"][0]
 
     assert restored.patches.keys() == styled.patches.keys()
     for key in styled.patches:
@@ -119,6 +125,6 @@ def test_remove_recognises_an_adapter_loaded_from_file(comfy, bridge, sd15, trai
     _, _, adapter = trained
     path = save_adapter(adapter, comfy.folder("loras") / "reloaded.safetensors", overwrite=True)
     via_stock, _ = comfy.node("LoraLoader").load_lora(model, clip, "reloaded.safetensors", 1.0, 0.0)
-    removed = comfy.node("SpareRemoveErasure").remove(via_stock, load_adapter(path))[0]
+    removed = comfy.node("SpareRemoveErasure").remove(via_stock, load_adapter(path))["result"][0]
     assert removed.patches == {} or all(len(v) == 0 for v in removed.patches.values())
     assert removed is not via_stock and via_stock.patches, "the incoming MODEL keeps its patches"

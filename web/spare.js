@@ -1,0 +1,163 @@
+// SPARE web extension: live training progress, adapter details on nodes, and a library of erasure adapters.
+// Plain ES module served through WEB_DIRECTORY; works on the legacy front end and the current one.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const TRAIN_NODE = "SpareTrainAdapter";
+const ADAPTER_NODES = new Set(["SpareTrainAdapter", "SpareApplyErasure", "SpareRemoveErasure", "SpareLoadAdapter"]);
+const PANEL_HEIGHT = 86;
+
+function chain(prototype, method, extra) {
+  const original = prototype[method];
+  prototype[method] = function () {
+    const result = original?.apply(this, arguments);
+    extra.apply(this, arguments);
+    return result;
+  };
+}
+
+function growFor(node, key) {
+  // Reserve room under the widgets once, so the drawing never covers them.
+  if (node[key]) return;
+  node[key] = true;
+  node.setSize([node.size[0], node.size[1] + PANEL_HEIGHT]);
+}
+
+export function adapterSummary(info) {
+  // Text lines for an adapter description from the server; copes with missing or malformed metadata.
+  if (!info || typeof info !== "object") return ["no adapter details"];
+  if (info.is_spare === false && !(info.forget_prompts || []).length) return ["LoRA without SPARE metadata"];
+  const forget = Array.isArray(info.forget_prompts) ? info.forget_prompts.join(" | ") : String(info.forget_prompts ?? "?");
+  const lines = [`erases: ${forget || "?"}`, `→ ${info.surrogate_prompt || "(unconditional)"}`];
+  const facts = [];
+  if (info.rank != null) facts.push(`rank ${info.rank}`);
+  if (info.steps != null) facts.push(`${info.steps} steps`);
+  if (info.base_model) facts.push(String(info.base_model));
+  if (info.created) facts.push(String(info.created).slice(0, 10));
+  if (facts.length) lines.push(facts.join(" · "));
+  return lines;
+}
+
+function drawLines(ctx, node, lines, top) {
+  ctx.save();
+  ctx.fillStyle = "#ddd";
+  ctx.font = "11px sans-serif";
+  lines.forEach((line, i) => ctx.fillText(line.slice(0, 70), 8, top + 14 * (i + 1)));
+  ctx.restore();
+}
+
+function drawLossCurve(ctx, node, progress, top) {
+  const width = node.size[0] - 16;
+  const height = PANEL_HEIGHT - 26;
+  ctx.save();
+  ctx.fillStyle = "#222";
+  ctx.fillRect(8, top + 4, width, height);
+  const losses = progress.losses;
+  if (losses.length > 1) {
+    const low = Math.min(...losses), high = Math.max(...losses), span = high - low || 1;
+    ctx.strokeStyle = "#5a9bd5";
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    losses.forEach((loss, i) => {
+      const x = 8 + (width * i) / (progress.total - 1 || 1);
+      const y = top + 4 + height - (height * (loss - low)) / span;
+      i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
+    });
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#ddd";
+  ctx.font = "11px sans-serif";
+  const last = losses[losses.length - 1];
+  ctx.fillText(`step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}`, 8, top + height + 18);
+  ctx.restore();
+}
+
+app.registerExtension({
+  name: "spare.trainingProgress",
+  setup() {
+    api.addEventListener("spare.progress", ({ detail }) => {
+      const node = app.graph?.getNodeById(Number(detail?.node));
+      if (!node || node.comfyClass !== TRAIN_NODE) return;
+      if (!node.spareProgress || detail.step <= node.spareProgress.step) {
+        node.spareProgress = { step: 0, total: detail.total, losses: [] };
+      }
+      node.spareProgress.step = detail.step;
+      node.spareProgress.total = detail.total;
+      node.spareProgress.losses.push(Number(detail.loss));
+      growFor(node, "spareProgressRoom");
+      node.setDirtyCanvas(true, true);
+    });
+  },
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== TRAIN_NODE) return;
+    chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+      if (this.spareProgress && !this.flags?.collapsed) drawLossCurve(ctx, this, this.spareProgress, this.size[1] - PANEL_HEIGHT);
+    });
+  },
+});
+
+app.registerExtension({
+  name: "spare.adapterInfo",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!ADAPTER_NODES.has(nodeData.name) || nodeData.name === TRAIN_NODE) return;
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      this.spareInfo = adapterSummary(message?.spare_adapter?.[0]);
+      growFor(this, "spareInfoRoom");
+      this.setDirtyCanvas(true, true);
+    });
+    chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+      if (this.spareInfo && !this.flags?.collapsed) drawLines(ctx, this, this.spareInfo, this.size[1] - PANEL_HEIGHT);
+    });
+  },
+});
+
+async function showLibrary() {
+  document.getElementById("spare-library")?.remove();
+  const dialog = document.createElement("div");
+  dialog.id = "spare-library";
+  Object.assign(dialog.style, {
+    position: "fixed", top: "80px", left: "50%", transform: "translateX(-50%)", zIndex: 10000,
+    background: "#1f1f1f", color: "#eee", border: "1px solid #555", borderRadius: "6px", padding: "12px",
+    maxHeight: "70vh", overflowY: "auto", minWidth: "520px", font: "13px sans-serif",
+  });
+  const title = document.createElement("div");
+  title.textContent = "Erasure adapters in models/loras";
+  title.style.fontWeight = "bold";
+  const close = document.createElement("button");
+  close.textContent = "Close";
+  close.style.float = "right";
+  close.onclick = () => dialog.remove();
+  title.appendChild(close);
+  dialog.appendChild(title);
+  const list = document.createElement("table");
+  list.className = "spare-library-list";
+  dialog.appendChild(list);
+  document.body.appendChild(dialog);
+  try {
+    const response = await api.fetchApi("/spare/adapters");
+    const { adapters } = await response.json();
+    const spare = adapters.filter((a) => a.is_spare);
+    if (!spare.length) list.insertRow().insertCell().textContent = "No SPARE adapters yet: train one and save it.";
+    for (const adapter of spare) {
+      const row = list.insertRow();
+      row.className = "spare-library-row";
+      row.insertCell().textContent = adapter.file;
+      row.insertCell().textContent = adapterSummary(adapter).join("  ");
+    }
+  } catch (error) {
+    list.insertRow().insertCell().textContent = `Could not list adapters: ${error}`;
+  }
+}
+
+app.registerExtension({
+  name: "spare.adapterLibrary",
+  setup() {
+    const button = document.createElement("button");
+    button.id = "spare-library-button";
+    button.textContent = "SPARE adapters";
+    button.title = "List the erasure adapters in models/loras and the concepts they erase";
+    Object.assign(button.style, { position: "fixed", bottom: "12px", left: "12px", zIndex: 9999 });
+    button.onclick = showLibrary;
+    document.body.appendChild(button);
+  },
+});
