@@ -4,6 +4,14 @@
 # test requirements. Re-running is cheap: it reinstalls only when tests/requirements.txt changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests drive Debian's Chromium (no browser download at run time).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup_env: no chromium; the browser tests will be skipped (install Debian's chromium to run them)" >&2
+  fi
+fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.spare-requirements

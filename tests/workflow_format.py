@@ -61,7 +61,8 @@ def api_to_ui(api: dict, node_classes: dict) -> dict:
         column = _depth(api, node_id, depth_memo)
         top = column_tops.get(column, 60)
         height = _height(cls, inputs, len(widgets))
-        column_tops[column] = top + height + 50
+        # SPARE nodes grow a panel (loss curve / adapter details) under their widgets when they run.
+        column_tops[column] = top + height + (140 if node["class_type"].startswith("Spare") else 50)
         entry = {"id": ids[node_id], "type": node["class_type"], "pos": [60 + 420 * column, top],
                  "size": [380, height], "flags": {}, "order": 0, "mode": 0, "inputs": inputs,
                  "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}

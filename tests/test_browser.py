@@ -1,0 +1,152 @@
+"""The pack in a real browser against a real ComfyUI server: example workflows load with our widgets, the
+style erasure queues from the page, the live step counter and loss curve move, the output image appears,
+adapter details show on the nodes and the adapter library lists the saved adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import browser_server
+from workflow_format import api_to_ui
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "out" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the browser tests (scripts/setup_env.sh installs it)")
+    pytest.skip("no chromium on this machine (apt-get install chromium)", allow_module_level=True)
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(comfy, sd15_checkpoint, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with browser_server.comfyui_server(work, comfy.folder("checkpoints"), SCREENSHOTS / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url, wait_until="networkidle")
+        page.wait_for_function("() => window.app && window.app.graph && document.getElementById('spare-library-button')",
+                               timeout=60000)
+        page.spare_errors = errors
+        yield page
+        browser.close()
+
+
+def object_info(server, node_id):
+    with urllib.request.urlopen(f"{server[0]}/object_info/{node_id}") as response:
+        return json.loads(response.read())[node_id]
+
+
+def test_our_extension_loads_without_page_errors(page):
+    assert not [e for e in page.spare_errors if "spare" in e.lower()], page.spare_errors
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "example_workflows").glob("*.json")))
+def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
+    workflow = json.loads((REPO / "example_workflows" / example).read_text())
+    page.evaluate("(wf) => app.loadGraphData(wf)", workflow)
+    page.wait_for_timeout(300)
+    shown = page.evaluate("""() => app.graph._nodes.filter(n => n.type.startsWith('Spare')).map(n => ({
+        type: n.type, widgets: (n.widgets || []).map(w => w.name)}))""")
+    assert shown, f"no SPARE node rendered from {example}"
+    for node in shown:
+        info = object_info(server, node["type"])
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        widget_inputs = [name for name, spec in inputs.items()
+                         if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
+        assert [w for w in node["widgets"] if w != "control_after_generate"] == widget_inputs, node["type"]
+        assert all(spec[1].get("tooltip") for spec in inputs.values()), f"{node['type']} input without tooltip"
+    page.screenshot(path=str(SCREENSHOTS / f"example_{Path(example).stem}.png"))
+
+
+def _shrunk_ui(comfy, name, checkpoint, train_steps):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("spare_demo", REPO / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    api = demo.shrink_for_cpu(json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text()), train_steps)
+    for node in api.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = checkpoint
+    return api_to_ui(api, comfy.nodes.NODE_CLASS_MAPPINGS)
+
+
+def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkpoint):
+    saved = server[1] / "models" / "loras" / "spare_erase_van_gogh.safetensors"
+    steps = 25
+    page.evaluate("(wf) => app.loadGraphData(wf)", _shrunk_ui(comfy, "erase_style", sd15_checkpoint, steps))
+    train_id = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareTrainAdapter').id")
+    after_id = page.evaluate("() => app.graph._nodes.find(n => n.title === 'After').id")
+    page.evaluate("() => app.queuePrompt(0, 1)")
+
+    seen_steps, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline:
+        progress = page.evaluate(f"() => app.graph.getNodeById({train_id}).spareProgress || null")
+        if progress and (not seen_steps or progress["step"] != seen_steps[-1]):
+            seen_steps.append(progress["step"])
+            if len(seen_steps) == 2:
+                page.screenshot(path=str(SCREENSHOTS / "training_in_progress.png"))
+        images = page.evaluate(f"() => (app.nodeOutputs?.['{after_id}']?.images || []).length")
+        if images:
+            break
+        page.wait_for_timeout(200)
+    page.screenshot(path=str(SCREENSHOTS / "training_done.png"))
+    assert images, "the output image never appeared"
+    assert len(set(seen_steps)) >= 3, f"the step counter did not move: {seen_steps}"
+    assert seen_steps[-1] == steps
+    progress = page.evaluate(f"() => app.graph.getNodeById({train_id}).spareProgress")
+    assert progress["total"] == steps and len(progress["losses"]) == steps
+    assert saved.exists()
+
+
+def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, sd15_checkpoint):
+    page.evaluate("(wf) => app.loadGraphData(wf)", _shrunk_ui(comfy, "compare_saved_adapter", sd15_checkpoint, 1))
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    page.wait_for_function("""() => app.graph._nodes.filter(n => n.type === 'SpareLoadAdapter' || n.type === 'SpareApplyErasure')
+        .every(n => n.spareInfo)""", timeout=120000)
+    info = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareLoadAdapter').spareInfo")
+    assert info[0] == "erases: a painting in the style of Van Gogh | Van Gogh style artwork"
+    assert info[1] == "→ a painting"
+    page.screenshot(path=str(SCREENSHOTS / "adapter_details.png"))
+
+
+def test_adapter_library_lists_saved_erasures(page):
+    page.click("#spare-library-button")
+    page.wait_for_selector(".spare-library-row", timeout=20000)
+    rows = page.locator(".spare-library-row").all_inner_texts()
+    assert any("spare_erase_van_gogh.safetensors" in row and "Van Gogh" in row for row in rows), rows
+    page.screenshot(path=str(SCREENSHOTS / "adapter_library.png"))
+    page.click("#spare-library button")
+
+
+def test_summary_copes_with_missing_or_malformed_metadata(page):
+    lines = page.evaluate("""async () => {
+        const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
+        return [adapterSummary(undefined), adapterSummary({is_spare: false, forget_prompts: []}),
+                adapterSummary({forget_prompts: 'not a list', rank: 'x'})];
+    }""")
+    assert lines[0] == ["no adapter details"]
+    assert lines[1] == ["LoRA without SPARE metadata"]
+    assert lines[2][0] == "erases: not a list"
