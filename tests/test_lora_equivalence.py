@@ -78,7 +78,7 @@ def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, bri
             return denoiser.unet.get_submodule(path).weight.detach().clone()
 
     base = weight(model)
-    full = weight(apply(model, adapter, 1.0)["result"][0]) - base
+    full = weight(apply(model, adapter, 1.0)[0]) - base
     assert full.abs().max() > 0
     for strength in (0.5, 2.0, -1.0):
         torch.testing.assert_close(weight(apply(model, adapter, strength)[0]) - base, strength * full,
