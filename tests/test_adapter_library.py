@@ -9,7 +9,9 @@ from comfy_runtime import PACK_NAME
 
 
 def library():
-    return sys.modules[f"{PACK_NAME}.nodes.routes"].adapter_library()
+    # ComfyUI names the loaded pack after its folder (newer versions prefix "custom_nodes.").
+    routes = next(module for name, module in sys.modules.items() if name.endswith(f"{PACK_NAME}.nodes.routes"))
+    return routes.adapter_library()
 
 
 def test_library_describes_ours_and_tolerates_other_and_broken_files(comfy, bridge, small_sd15):

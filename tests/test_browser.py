@@ -49,6 +49,8 @@ def page(server):
         page.goto(url, wait_until="networkidle")
         page.wait_for_function("() => window.app && window.app.graph && document.getElementById('spare-library-button')",
                                timeout=60000)
+        page.keyboard.press("Escape")  # the current front end opens a template picker on first visit
+        page.wait_for_timeout(300)
         page.spare_errors = errors
         yield page
         browser.close()
