@@ -119,3 +119,19 @@ def small_sdxl_model(seed: int = 0):
     """SDXL's conditioning shapes (context 2048, pooled 1280 + size embedding = ADM 2816) on a one-level UNet."""
     import comfy.supported_models
     return _patched_model(comfy.supported_models.SDXL(unet_config(SDXL_UNET)), seed)
+
+
+def small_sd2_vpred_model(seed: int = 0):
+    """SD2.x's context (1024, OpenCLIP-H width) and v-prediction on a 64-channel one-level UNet."""
+    import comfy.supported_models
+    config = dict(SD15_UNET, model_channels=64, context_dim=1024, num_heads=-1, num_head_channels=32,
+                  use_linear_in_transformer=True)
+    model_config = comfy.supported_models.SD20(unet_config(config))
+    # ComfyUI tells v-prediction SD2 checkpoints apart by the spread of one norm bias; give it a wide one.
+    marker = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.linspace(-1, 1, 64)}
+    import comfy.model_patcher
+    with torch.no_grad():
+        model = model_config.get_model(marker)
+        model.diffusion_model.load_state_dict(seeded_like(model.diffusion_model.state_dict(), seed))
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
