@@ -56,12 +56,11 @@ def _generation_steps(samples: SampleConfig, with_retain: bool, forget_latents) 
 
 def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: SaliencyConfig,
                        seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
-    contrast = config.retain_contrast > 0
     encoded = _encode(model, clip, prompts, samples)
-    report = comfy_bridge.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws * (1 + contrast))
+    report = comfy_bridge.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws)
     with comfy_bridge.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
-        result = compute_saliency(denoiser, forget, encoded.retain if contrast else None, config, seed, report)
+        result = compute_saliency(denoiser, forget, encoded.retain, config, seed, report)
     return result, saliency_chart(result)
 
 
@@ -90,17 +89,15 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     family = comfy_bridge.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
     saliency_config, timestep_config = SaliencyConfig(), TimestepConfig()
-    contrast = saliency is None and saliency_config.retain_contrast > 0
     total = (_generation_steps(samples, True, forget_latents) + config.steps
-             + (saliency_config.draws * (1 + contrast) if saliency is None else 0)
+             + (saliency_config.draws if saliency is None else 0)
              + (timestep_config.bins if timesteps is None else 0))
     report = comfy_bridge.StepReporter(total)
     with comfy_bridge.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
         retain = generate_samples(denoiser, encoded.retain, encoded.uncond, samples, seed + 1, report)
         if saliency is None:
-            saliency = compute_saliency(denoiser, forget, encoded.retain if contrast else None, saliency_config, seed,
-                                        report)
+            saliency = compute_saliency(denoiser, forget, encoded.retain, saliency_config, seed, report)
         if timesteps is None:
             timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
         result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,

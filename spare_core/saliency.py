@@ -59,67 +59,92 @@ def keep_count(fraction: float, total: int) -> int:
     return max(1, min(total, round(fraction * total)))
 
 
-def accumulate_gradient_magnitude(denoiser: Denoiser, samples: ConceptSamples, draws: int,
-                                  generator: torch.Generator, on_draw: StepCallback) -> dict[str, torch.Tensor]:
-    """Σ over draws of |∂L/∂W| for each adaptable weight (float32, on the model's device)."""
+@dataclass
+class RowSaliency:
+    """Per output row of one weight, summed over draws: mean |g_f|, mean |g_r| and mean |g_f − g_r|.
+
+    Rows are all a module's weights ever needs (its score is the mean over rows), so memory stays at one
+    gradient set plus these vectors: full |gradient| tensors of SDXL would cost 10 GB each in float32."""
+
+    forget: torch.Tensor
+    retain: Optional[torch.Tensor] = None
+    difference: Optional[torch.Tensor] = None
+
+
+def _row_mean_abs(grad: torch.Tensor) -> torch.Tensor:
+    return grad.detach().float().abs().flatten(1).mean(dim=1)
+
+
+def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: Optional[Conditioning], draws: int,
+                            generator: torch.Generator, on_draw: StepCallback) -> dict[str, RowSaliency]:
+    """Σ over draws of the row means of |∂L_f/∂W| and, with retain prompts, of |∂L_r/∂W| and |∂(L_f − L_r)/∂W|,
+    where L_r is the denoising loss of the same noisy latents under the retain prompts (∂(L_f − L_r) = g_f − g_r)."""
     modules = adaptable_modules(denoiser.unet)
     weights = [m.weight for m in modules.values()]
     previous = [w.requires_grad for w in weights]
-    totals = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in weights]
-    cond = samples.cond.to(denoiser.device, denoiser.dtype)
+    stats = {name: RowSaliency(torch.zeros(w.shape[0], device=w.device),
+                               None if retain is None else torch.zeros(w.shape[0], device=w.device),
+                               None if retain is None else torch.zeros(w.shape[0], device=w.device))
+             for name, w in zip(modules, weights)}
+    count = len(forget)
+    conds = [forget.cond]
+    if retain is not None:
+        conds.append(retain.select(torch.arange(count) % len(retain)))
+    cond = Conditioning.cat(conds).to(denoiser.device, denoiser.dtype)
     try:
         for w in weights:
             w.requires_grad_(True)
         for draw in range(draws):
-            x0 = samples.latents.to(denoiser.device)
+            x0 = forget.latents.to(denoiser.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-            index = torch.randint(denoiser.num_timesteps, (x0.shape[0],), generator=generator)
+            index = torch.randint(denoiser.num_timesteps, (count,), generator=generator)
             sigma = denoiser.sigmas.float().cpu()[index].to(x0.device)
             x_t = x0 + sigma.view(-1, 1, 1, 1) * noise
-            loss = torch.nn.functional.mse_loss(denoiser.predict_noise(x_t, sigma, cond), noise)
-            grads = torch.autograd.grad(loss, weights, allow_unused=True)
-            for total, grad in zip(totals, grads):
-                if grad is not None:
-                    total.add_(grad.detach().float().abs())
+            repeat = len(conds)
+            predicted = denoiser.predict_noise(x_t.repeat(repeat, 1, 1, 1), sigma.repeat(repeat), cond)
+            losses = [torch.nn.functional.mse_loss(part, noise) for part in predicted.split(count)]
+            parts = [("forget", losses[0])]
+            if retain is not None:
+                parts += [("retain", losses[1]), ("difference", losses[0] - losses[1])]
+            for position, (field_name, loss) in enumerate(parts):
+                grads = torch.autograd.grad(loss, weights, allow_unused=True,
+                                            retain_graph=position < len(parts) - 1)
+                for name, grad in zip(modules, grads):
+                    if grad is not None:
+                        getattr(stats[name], field_name).add_(_row_mean_abs(grad))
+                del grads
             on_draw(draw)
     finally:
         for w, flag in zip(weights, previous):
             w.requires_grad_(flag)
-    return dict(zip(modules, totals))
+    return stats
 
 
-def _contrast_scores(forget_grad: torch.Tensor, retain_grad: torch.Tensor, dim=None) -> torch.Tensor:
+def _contrast_scores(rows: RowSaliency, per_row: bool) -> torch.Tensor:
     """Concept specificity from paired gradients (same latents, noise and timesteps; only the text differs):
     sensitivity = mean|g_f − g_r| / mean(|g_f| + |g_r|)   how much the text swap changes this gradient,
     share       = mean|g_f| / mean(|g_f| + |g_r|)         how much of it belongs to the forget prompt.
     Image-driven modules (g_f ≈ g_r) and retain-only modules (g_f ≈ 0) both score near 0."""
-    reduce = (lambda t: t.mean()) if dim is None else (lambda t: t.flatten(1).mean(dim=1))
-    total = reduce(forget_grad + retain_grad).clamp_min(torch.finfo(torch.float32).tiny)
-    sensitivity = reduce((forget_grad - retain_grad).abs()) / total
-    share = reduce(forget_grad) / total
-    return sensitivity * share
+    reduce = (lambda t: t) if per_row else (lambda t: t.mean())
+    total = reduce(rows.forget + rows.retain).clamp_min(torch.finfo(torch.float32).tiny)
+    return (reduce(rows.difference) / total) * (reduce(rows.forget) / total)
 
 
 def compute_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: Optional[Conditioning],
                      config: SaliencyConfig, seed: int, on_draw: StepCallback = lambda draw: None) -> SaliencyMap:
     """SalUn saliency of the forget samples, blended (``retain_contrast``) with its contrast against the same
     noisy latents under the retain prompts. Both scores are scaled to a maximum of 1 before blending."""
-    forget_grad = accumulate_gradient_magnitude(denoiser, forget, config.draws,
-                                                torch.Generator().manual_seed(seed), on_draw)
-    names = list(forget_grad)
-    plain_modules = torch.stack([forget_grad[n].mean() for n in names])
-    module_scores = _unit_max(plain_modules)
-    rows = {n: _unit_max(forget_grad[n].flatten(1).mean(dim=1)) for n in names}
-    if retain is not None and config.retain_contrast > 0:
-        prompt_rows = torch.arange(len(forget)) % len(retain)
-        counterfactual = ConceptSamples(forget.latents, retain.select(prompt_rows))
-        retain_grad = accumulate_gradient_magnitude(denoiser, counterfactual, config.draws,
-                                                    torch.Generator().manual_seed(seed), on_draw)
+    contrast = retain is not None and config.retain_contrast > 0
+    stats = accumulate_row_saliency(denoiser, forget, retain if contrast else None, config.draws,
+                                    torch.Generator().manual_seed(seed), on_draw)
+    names = list(stats)
+    module_scores = _unit_max(torch.stack([stats[n].forget.mean() for n in names]))
+    rows = {n: _unit_max(stats[n].forget) for n in names}
+    if contrast:
         weight = config.retain_contrast
-        contrast = _unit_max(torch.stack([_contrast_scores(forget_grad[n], retain_grad[n]) for n in names]))
-        module_scores = (1 - weight) * module_scores + weight * contrast
-        rows = {n: (1 - weight) * rows[n] + weight * _unit_max(_contrast_scores(forget_grad[n], retain_grad[n], dim=1))
-                for n in names}
+        specific = _unit_max(torch.stack([_contrast_scores(stats[n], per_row=False) for n in names]))
+        module_scores = (1 - weight) * module_scores + weight * specific
+        rows = {n: (1 - weight) * rows[n] + weight * _unit_max(_contrast_scores(stats[n], per_row=True)) for n in names}
     scores = {n: float(v) for n, v in zip(names, module_scores)}
     ranked = sorted(names, key=lambda n: (-scores[n], n))
     selected = tuple(ranked[:keep_count(config.module_fraction, len(ranked))])

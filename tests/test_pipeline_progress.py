@@ -29,8 +29,8 @@ def test_progress_advances_every_step_to_the_total(comfy, sd15, progress_events)
     values = [value for value, _ in progress_events]
     total = progress_events[-1][1]
     assert values == list(range(1, total + 1))
-    # 2 generation passes x 2 steps + saliency 4 draws x 2 (contrast) + 10 timestep bins + 3 training steps
-    assert total == 4 + 8 + 10 + 3
+    # 2 generation passes x 2 steps + 4 saliency draws + 10 timestep bins + 3 training steps
+    assert total == 4 + 4 + 10 + 3
     assert len(trained.result.losses) == 3
     assert_bit_identical(model, snapshot)
 
