@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     started = time.perf_counter()
-    model = classifier.train(seeds=args.seeds, epochs=args.epochs)
+    model = classifier.train(seeds=args.seeds, epochs=args.epochs, report=print)
     held_out = range(classifier.HELD_OUT_SEED_OFFSET, classifier.HELD_OUT_SEED_OFFSET + 20)
     object_accuracy, style_accuracy = classifier.accuracy(model.eval(), held_out)
     classifier.save(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from .render import OBJECTS, STYLES, render
 
+log = logging.getLogger("spare.synthcanvas")
 WEIGHTS = Path(__file__).with_name("weights") / "classifier.safetensors"
 HELD_OUT_SEED_OFFSET = 1_000_000  # render seeds at or above this are never used for training
 
@@ -60,7 +62,7 @@ def render_set(seeds: range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return to_tensor(np.stack(images)), torch.tensor(objects), torch.tensor(styles)
 
 
-def train(seeds: int = 200, epochs: int = 10, seed: int = 0, log=print) -> Classifier:
+def train(seeds: int = 200, epochs: int = 10, seed: int = 0, report=log.info) -> Classifier:
     torch.manual_seed(seed)
     images, objects, styles = render_set(range(seeds))
     model = Classifier()
@@ -82,7 +84,7 @@ def train(seeds: int = 200, epochs: int = 10, seed: int = 0, log=print) -> Class
             loss.backward()
             optimizer.step()
             schedule.step()
-        log(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f} ({time.perf_counter() - started:.0f} s)")
+        report(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f} ({time.perf_counter() - started:.0f} s)")
     return model
 
 

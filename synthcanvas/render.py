@@ -25,7 +25,7 @@ def caption(obj: str, style: str, template: str = TRAIN_TEMPLATES[0]) -> str:
     return template.format(object=obj, style=style)
 
 
-def _polygon(points, rng_angle=0.0):
+def _polygon(points):
     return [(CANVAS / 2 + x, CANVAS / 2 + y) for x, y in points]
 
 
@@ -163,7 +163,11 @@ def style_image(style: str, mask: np.ndarray, rng: FrozenRandom) -> np.ndarray:
 
 def render(obj: str, style: str, seed: int) -> np.ndarray:
     """One 64×64 RGB uint8 image of ``obj`` in ``style``; the same arguments always give the same bytes."""
-    rng = FrozenRandom(seed * 4096 + OBJECTS.index(obj) * 64 + STYLES.index(style) if obj in OBJECTS else seed)
+    if obj not in OBJECTS:
+        raise ValueError(f"object must be one of {OBJECTS}, got {obj!r}")
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    rng = FrozenRandom(seed * 4096 + OBJECTS.index(obj) * 64 + STYLES.index(style))
     mask = np.asarray(shape_mask(obj, rng), dtype=np.float32) / 255
     image = style_image(style, mask, rng)
     big = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
