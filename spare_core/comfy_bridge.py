@@ -79,6 +79,17 @@ def _load_to_device(model) -> None:
     comfy.model_management.load_models_gpu([model], **kwargs)
 
 
+def register_compact_sd1() -> None:
+    """Let ComfyUI's checkpoint detection recognise SD1.x-layout UNets narrower than SD1.5's 320 channels (the
+    pack's small demo and test models). Appended last, so every architecture ComfyUI knows still matches first."""
+    import comfy.supported_models as supported
+    if any(getattr(config, "spare_compact_sd1", False) for config in supported.models):
+        return
+    any_width = {k: v for k, v in supported.SD15.unet_config.items() if k != "model_channels"}
+    compact = type("SpareCompactSD1", (supported.SD15,), {"unet_config": any_width, "spare_compact_sd1": True})
+    supported.models.append(compact)
+
+
 # ---------------------------------------------------------------- conditioning
 
 def conditioning_from_tensors(model, context: torch.Tensor, pooled: Optional[torch.Tensor],

@@ -51,10 +51,10 @@ def unet_config(config: dict) -> dict:
     return {k: copy.deepcopy(v) for k, v in config.items() if k in accepted}
 
 
-def sd15_unet_state(seed: int) -> dict[str, torch.Tensor]:
+def sd15_unet_state(seed: int, channels: int = 320) -> dict[str, torch.Tensor]:
     import comfy.supported_models
     with torch.no_grad():
-        model = comfy.supported_models.SD15(unet_config(SD15_UNET)).get_model({})
+        model = comfy.supported_models.SD15(unet_config(dict(SD15_UNET, model_channels=channels))).get_model({})
         return seeded_like(model.diffusion_model.state_dict(), seed)
 
 
@@ -79,8 +79,9 @@ def clip_l_state(seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
-    state = {f"model.diffusion_model.{k}": v for k, v in sd15_unet_state(seed).items()}
+def build_sd15_checkpoint(path: Path, seed: int = 0, channels: int = 320) -> Path:
+    """channels 320 is detected as SD1.5 by ComfyUI itself; other widths as the pack's compact SD1 layout."""
+    state = {f"model.diffusion_model.{k}": v for k, v in sd15_unet_state(seed, channels).items()}
     state.update({f"first_stage_model.{k}": v for k, v in taesd_state(seed + 1).items()})
     state.update({f"cond_stage_model.transformer.{k}": v for k, v in clip_l_state(seed + 2).items()})
     # float16 on disk halves the file (CLIP-L dominates it); ComfyUI casts to its compute dtype on load.
