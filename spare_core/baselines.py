@@ -93,3 +93,43 @@ def train_esd_x(denoiser: Denoiser, concept: Conditioning, uncond: Conditioning,
             optimizer.step()
             on_step(step, float(loss.detach()))
         return {name: w.detach().cpu() for name, w in trainable.items()}
+
+
+@dataclass(frozen=True)
+class UCEConfig:
+    regularisation: float = 0.1   # λ: pulls every weight towards its old value (UCE code's `lamb`)
+    erase_scale: float = 1.0
+    preserve_scale: float = 1.0
+
+
+def text_projections(unet: nn.Module) -> dict[str, nn.Linear]:
+    """The cross-attention key and value projections: the only weights that see the text."""
+    return {name: m for name, m in cross_attention_linears(unet).items() if name.endswith(("to_k", "to_v"))}
+
+
+@torch.no_grad()
+def edit_uce(unet: nn.Module, erase: list[tuple[torch.Tensor, torch.Tensor]], preserve: list[torch.Tensor],
+             config: UCEConfig = UCEConfig()) -> dict[str, torch.Tensor]:
+    """UCE (Gandikota et al., "Unified Concept Editing in Diffusion Models", arXiv 2308.14761, Eq. 7), closed form:
+
+        W = (λ W₀ + s_e Σ_i W₀ c*_i c_iᵀ + s_p Σ_j W₀ c_j c_jᵀ) (λ I + s_e Σ_i c_i c_iᵀ + s_p Σ_j c_j c_jᵀ)⁻¹
+
+    for every to_k / to_v, where c_i are the token embeddings of a concept to erase, c*_i those of its target
+    (aligned token by token) and c_j those of concepts to preserve. ``erase`` pairs (concept, target) contexts
+    of shape (tokens, dim); ``preserve`` holds contexts (tokens, dim). Returns the new weights (float32, CPU)."""
+    edited = {}
+    for name, layer in text_projections(unet).items():
+        old = layer.weight.detach().float().cpu()
+        dim = old.shape[1]
+        numerator = config.regularisation * old
+        denominator = config.regularisation * torch.eye(dim)
+        for concept, target in erase:
+            c, c_target = concept.float().cpu(), target.float().cpu()
+            numerator += config.erase_scale * (old @ c_target.T) @ c
+            denominator += config.erase_scale * c.T @ c
+        for kept in preserve:
+            c = kept.float().cpu()
+            numerator += config.preserve_scale * (old @ c.T) @ c
+            denominator += config.preserve_scale * c.T @ c
+        edited[name] = numerator @ torch.linalg.inv(denominator)
+    return edited
