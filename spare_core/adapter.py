@@ -63,9 +63,6 @@ class ErasureAdapter:
         except json.JSONDecodeError:
             return raw
 
-    def size_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
 
 def build_metadata(**values) -> dict[str, str]:
     """Header metadata: every value JSON-encoded except plain strings; common kohya fields added."""

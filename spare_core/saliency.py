@@ -13,7 +13,6 @@ gradient and the forget prompt owns that change (see ``_contrast_scores``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -43,10 +42,6 @@ class SaliencyMap:
         for name, score in self.module_scores.items():
             totals.setdefault(block_of(name), []).append(score)
         return {block: sum(v) / len(v) for block, v in totals.items()}
-
-    def adapted_parameter_count(self, unet: torch.nn.Module, rank: int) -> int:
-        modules = adaptable_modules(unet)
-        return sum(rank * (modules[n].weight.shape[0] + math.prod(modules[n].weight.shape[1:])) for n in self.selected)
 
 
 def block_of(module_path: str) -> str:

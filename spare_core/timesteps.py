@@ -37,11 +37,6 @@ class TimestepDistribution:
     def num_timesteps(self) -> int:
         return self.bin_edges[-1]
 
-    @staticmethod
-    def uniform(num_timesteps: int, bins: int = 1) -> "TimestepDistribution":
-        edges = equal_bins(num_timesteps, bins)
-        return TimestepDistribution(edges, (1.0,) * bins, (1.0 / bins,) * bins)
-
     def sample_indices(self, count: int, generator: torch.Generator) -> torch.Tensor:
         probabilities = torch.tensor(self.probabilities, dtype=torch.float64)
         bins = torch.multinomial(probabilities, count, replacement=True, generator=generator)
