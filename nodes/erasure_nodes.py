@@ -20,9 +20,10 @@ MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from
 CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
 FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "The concept to erase, one prompt per line (e.g. 'a painting in the style of Van Gogh')."})
-SURROGATE_INPUT = ("STRING", {"default": "a painting",
+SURROGATE_INPUT = ("STRING", {"multiline": True, "default": "a painting",
                               "tooltip": "What the concept should turn into (e.g. 'a painting' for a style, 'a dog' for an "
-                                         "object). Empty = the unconditional prediction."})
+                                         "object): one line for every forget prompt, or one line per forget prompt in the "
+                                         "same order. Empty = the unconditional prediction."})
 RETAIN_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept protect "
                                       "best. Empty = keep the model's unconditional prediction."})

@@ -36,7 +36,7 @@ def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> _Enc
         return comfy_bridge.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
     return _Encoded(
         forget=encode(prompts.forget, "forget_prompts"),
-        surrogate=encode([prompts.surrogate], "surrogate_prompt"),
+        surrogate=encode(prompts.surrogates, "surrogate_prompt"),
         retain=encode(prompts.retain_or_unconditional, "retain_prompts"),
         uncond=encode([""], "the empty prompt"),
     )
@@ -47,7 +47,7 @@ def _forget_samples(denoiser: Denoiser, encoded: _Encoded, samples: SampleConfig
     if forget_latents is None:
         return generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
     rows = torch.arange(forget_latents.shape[0]) % len(encoded.forget)
-    return ConceptSamples(forget_latents, encoded.forget.select(rows))
+    return ConceptSamples(forget_latents, encoded.forget.select(rows), rows)
 
 
 def _generation_steps(samples: SampleConfig, with_retain: bool, forget_latents) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -13,21 +13,35 @@ from .denoiser import Conditioning, Denoiser
 
 @dataclass(frozen=True)
 class ConceptSamples:
-    """Clean latents (N, C, H, W) with the conditioning row of the prompt each one was drawn for."""
+    """Clean latents (N, C, H, W) with the conditioning row of the prompt each one was drawn for, and that
+    prompt's index in the prompt list (which surrogate line it pairs with)."""
 
     latents: torch.Tensor
     cond: Conditioning
+    prompt_index: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if self.latents.shape[0] != len(self.cond):
             raise ValueError(f"{self.latents.shape[0]} latents but {len(self.cond)} conditioning rows")
+        if self.prompt_index is None:
+            object.__setattr__(self, "prompt_index", torch.zeros(len(self.cond), dtype=torch.long))
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
     def pick(self, count: int, generator: torch.Generator) -> "ConceptSamples":
         index = torch.randint(len(self), (count,), generator=generator)
-        return ConceptSamples(self.latents[index.to(self.latents.device)], self.cond.select(index))
+        return ConceptSamples(self.latents[index.to(self.latents.device)], self.cond.select(index),
+                              self.prompt_index[index])
+
+    def surrogates(self, surrogate: Conditioning) -> Conditioning:
+        """The surrogate row for each sample: its own prompt's line when there is one per prompt, else the one."""
+        if len(surrogate) == 1:
+            return surrogate.select(torch.zeros(len(self), dtype=torch.long))
+        if int(self.prompt_index.max()) >= len(surrogate):
+            raise ValueError(f"{len(surrogate)} surrogate prompts for samples of prompt "
+                             f"#{int(self.prompt_index.max()) + 1}: give one surrogate line, or one per forget prompt")
+        return surrogate.select(self.prompt_index)
 
 
 def sampling_sigmas(denoiser: Denoiser, steps: int) -> torch.Tensor:
@@ -56,4 +70,4 @@ def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditio
         eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)
         x = x + eps * float(sigma_next - sigma)
         on_step(step)
-    return ConceptSamples(x.float(), cond)
+    return ConceptSamples(x.float(), cond, repeat)

@@ -84,8 +84,7 @@ def select_timesteps(denoiser: Denoiser, forget: ConceptSamples, surrogate: Cond
             index = torch.randint(edges[k], edges[k + 1], (x0.shape[0],), generator=generator)
             sigma = sigmas[index].to(x0.device)
             x_t = x0 + sigma.view(-1, 1, 1, 1) * noise
-            surrogate_rows = surrogate.select(torch.zeros(x0.shape[0], dtype=torch.long))
-            both = Conditioning.cat([batch.cond, surrogate_rows]).to(denoiser.device, denoiser.dtype)
+            both = Conditioning.cat([batch.cond, batch.surrogates(surrogate)]).to(denoiser.device, denoiser.dtype)
             eps_forget, eps_surrogate = denoiser.predict_noise(
                 torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), both).chunk(2)
             total += float((eps_forget.float() - eps_surrogate.float()).pow(2).mean())

@@ -83,7 +83,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             x_retain, sigma_retain = _noisy(retain_batch, indices[batch:], denoiser, generator)
             x_t = torch.cat([x_forget, x_retain])
             sigma = torch.cat([sigma_forget, sigma_retain])
-            surrogate_rows = surrogate.select(torch.zeros(batch, dtype=torch.long))
+            surrogate_rows = forget_batch.surrogates(surrogate)
             with torch.no_grad(), adapters.disabled():
                 target_forget, target_retain = _predict(denoiser, x_t, sigma, [surrogate_rows, retain_batch.cond])
             student_forget, student_retain = _predict(denoiser, x_t, sigma, [forget_batch.cond, retain_batch.cond])

@@ -15,10 +15,28 @@ from spare_core.prompts import ErasurePrompts
     ("a cat", "a cat", "", "surrogate_prompt 'a cat' equals a forget prompt"),
     ("a cat\na kitten", " a kitten ", "", "surrogate_prompt 'a kitten' equals a forget prompt"),
     ("a cat", "a dog", "a bird\na cat", "retain_prompts contains the forget prompt 'a cat'"),
+    ("a cat\na dog\na fox", "a tiger\na wolf", "", "surrogate_prompt has 2 lines for 3 forget prompts"),
+    ("a cat\na dog", "a dog\na wolf", "", None),
+    ("a cat\na dog", "a tiger\na dog", "", "surrogate_prompt 'a dog' equals a forget prompt"),
 ])
 def test_prompt_errors(forget, surrogate, retain, message):
+    if message is None:  # a surrogate line may repeat another pair's forget prompt; only its own pair matters
+        assert ErasurePrompts.parse(forget, surrogate, retain).surrogates == ("a dog", "a wolf")
+        return
     with pytest.raises(ValueError, match=message):
         ErasurePrompts.parse(forget, surrogate, retain)
+
+
+def test_surrogate_lines_pair_with_forget_prompts():
+    from spare_core.denoiser import Conditioning
+    from spare_core.samples import ConceptSamples
+    surrogate = Conditioning(torch.arange(3.0).view(3, 1, 1))
+    samples = ConceptSamples(torch.zeros(4, 4, 2, 2), Conditioning(torch.zeros(4, 1, 1)), torch.tensor([2, 0, 1, 2]))
+    assert samples.surrogates(surrogate).context.flatten().tolist() == [2.0, 0.0, 1.0, 2.0]
+    one = Conditioning(torch.full((1, 1, 1), 7.0))
+    assert samples.surrogates(one).context.flatten().tolist() == [7.0] * 4
+    with pytest.raises(ValueError, match="give one surrogate line, or one per forget prompt"):
+        samples.surrogates(Conditioning(torch.zeros(2, 1, 1)))
 
 
 def test_prompts_are_one_per_line():
