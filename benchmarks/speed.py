@@ -202,6 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["full", "reduced"], default=None,
                         help="full-size architectures (default on a GPU) or reduced ones (default on a CPU)")
     parser.add_argument("--models", default="sd15,sdxl")
+    parser.add_argument("--methods", default="spare,dense_lora,esd_x", help="any of spare, dense_lora, esd_x")
     parser.add_argument("--train-steps", type=int, default=200, help="SPARE and dense-LoRA training steps")
     parser.add_argument("--esd-iterations", type=int, default=None, help="measured ESD-x iterations (default 20 full, 2 reduced)")
     parser.add_argument("--batch-size", type=int, default=2)
@@ -228,13 +229,16 @@ def main(argv=None) -> int:
             samples=SampleConfig(samples_per_prompt=2, steps=8, width=resolution, height=resolution))
         model = build_model(family, size, dtype)
         cond = conditionings(bridge, model, family, resolution)
-        results[family] = {
-            "spare": run_spare(bridge, model, cond, settings, dense=False),
-            "dense_lora": run_spare(bridge, model, cond, settings, dense=True),
-            "esd_x": run_esd(bridge, model, cond, settings),
-        }
-        spare, esd = results[family]["spare"], results[family]["esd_x"]
-        results[family]["spare"]["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
+        runs = {"spare": lambda: run_spare(bridge, model, cond, settings, dense=False),
+                "dense_lora": lambda: run_spare(bridge, model, cond, settings, dense=True),
+                "esd_x": lambda: run_esd(bridge, model, cond, settings)}
+        results[family] = {}
+        for method in args.methods.split(","):
+            results[family][method] = runs[method]()
+            print(f"{family} {method}: {json.dumps(results[family][method])}", flush=True)
+        spare, esd = results[family].get("spare"), results[family].get("esd_x")
+        if spare and esd:
+            spare["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
         del model
         runtime.unload_models()
     table = markdown(results)
