@@ -129,14 +129,26 @@ def latents_from_comfy(model, latent: dict) -> torch.Tensor:
 
 # ---------------------------------------------------------------- training session
 
+def guard_in_place_residuals(unet: nn.Module) -> list:
+    """The 2024 BasicTransformerBlock adds residuals in place (`x += n`) onto tensors its LayerNorms saved for
+    backward; cloning the norm1/2/3 inputs keeps backward valid. Returns the hook handles (remove them after)."""
+    hooks = []
+    for module in unet.modules():
+        if type(module).__name__ == "BasicTransformerBlock":
+            for norm_name in ("norm1", "norm2", "norm3"):
+                norm = getattr(module, norm_name, None)
+                if norm is not None:
+                    hooks.append(norm.register_forward_pre_hook(lambda m, args: (args[0].clone(),) + args[1:]))
+    return hooks
+
+
 @contextlib.contextmanager
 def _trainable(unet: nn.Module) -> Iterator[None]:
     """Make the shared UNet usable under autograd for the duration, and put everything back.
 
     Inside ComfyUI's executor nodes run under inference_mode and weights loaded there are inference
     tensors, which autograd cannot save. Those are swapped for plain clones (the originals are never
-    written). The 2024 BasicTransformerBlock adds residuals in place (`x += n`) onto tensors LayerNorm
-    saved for backward; cloning norm1/2/3 inputs keeps backward valid.
+    written); in-place residuals are guarded (``guard_in_place_residuals``).
     """
     swapped = []
     flags = []
@@ -156,11 +168,7 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
                 if buffer is not None and buffer.is_inference():
                     swapped.append((module, name, buffer))
                     module._buffers[name] = buffer.clone()
-            if type(module).__name__ == "BasicTransformerBlock":
-                for norm_name in ("norm1", "norm2", "norm3"):
-                    norm = getattr(module, norm_name, None)
-                    if norm is not None:
-                        hooks.append(norm.register_forward_pre_hook(lambda m, args: (args[0].clone(),) + args[1:]))
+        hooks = guard_in_place_residuals(unet)
         yield
     finally:
         for handle in hooks:
