@@ -34,3 +34,11 @@ class FrozenRandom:
         radius = np.sqrt(-2.0 * np.log(u1))
         values = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:count]
         return values.reshape(shape).astype(np.float32)
+
+    def uniform_array(self, shape, bound: float) -> np.ndarray:
+        """Uniform on [-bound, bound) (float32). Only exact IEEE operations (shift, multiply, add), so the
+        values are the same bits on every platform; Box–Muller's log/cos may differ by an ulp between builds."""
+        count = int(np.prod(shape))
+        raw = self._bits.random_raw(count).astype(np.uint64)
+        unit = (raw >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+        return ((unit * 2.0 - 1.0) * bound).reshape(shape).astype(np.float32)
