@@ -1,6 +1,10 @@
 """Trains the SynthCanvas classifier on seeded renders and writes synthcanvas/weights/classifier.safetensors.
 
-    python scripts/train_classifier.py            # 200 seeds × 64 concepts, 10 epochs; prints held-out accuracy
+    python scripts/train_classifier.py                       # 200 seeds × 64 concepts, 10 epochs
+    python scripts/train_classifier.py --adapt-to-demo-vae   # ... then 2 epochs with the demo VAE's round trips
+    python scripts/train_classifier.py --adapt-to-demo-vae --skip-base   # only the second stage, from the shipped weights
+
+Prints held-out accuracy on renders (and on their demo-VAE round trips when adapting).
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
 
 from synthcanvas import classifier  # noqa: E402
 
@@ -20,15 +27,48 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--adapt-to-demo-vae", action="store_true",
+                        help="then fine-tune on renders plus their round trips through the demo model's VAE")
+    parser.add_argument("--adapt-epochs", type=int, default=2)
+    parser.add_argument("--skip-base", action="store_true", help="start the adaptation from the shipped weights")
+    parser.add_argument("--vae-weights", type=Path, default=None,
+                        help="TAESD weights to adapt to (default: the VAE in synthcanvas/weights/demo_model.safetensors)")
     args = parser.parse_args()
     started = time.perf_counter()
-    model = classifier.train(seeds=args.seeds, epochs=args.epochs, report=print)
+    model = classifier.load() if args.skip_base else classifier.train(seeds=args.seeds, epochs=args.epochs, report=print)
     held_out = range(classifier.HELD_OUT_SEED_OFFSET, classifier.HELD_OUT_SEED_OFFSET + 20)
+    round_trip = None
+    if args.adapt_to_demo_vae:
+        round_trip = demo_vae_round_trip(args.vae_weights)
+        model = classifier.adapt(model, round_trip, seeds=args.seeds, epochs=args.adapt_epochs, report=print)
     object_accuracy, style_accuracy = classifier.accuracy(model.eval(), held_out)
     classifier.save(model)
     print(f"trained in {time.perf_counter() - started:.0f} s; held-out renders ({len(held_out) * 64}): "
           f"object accuracy {object_accuracy:.4f}, style accuracy {style_accuracy:.4f}")
+    if round_trip is not None:
+        images, objects, styles = classifier.render_set(held_out)
+        with torch.no_grad():
+            decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
+        print(f"held-out renders after the demo VAE: {classifier.accuracy_on(decoded, objects, styles, model)}")
     return 0
+
+
+def demo_vae_round_trip(path: Path | None = None):
+    """encode → decode with ComfyUI's TAESD class and the demo model's VAE weights (or a training run's
+    vae.safetensors)."""
+    import tempfile
+    sys.path.insert(0, str(REPO / "tests"))
+    import comfy_runtime
+    comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-classifier-")), cpu=not torch.cuda.is_available())
+    import comfy.taesd.taesd
+    from synthcanvas import demo_model
+    state = demo_model.trained_state(path or demo_model.WEIGHTS)
+    if any(k.startswith(demo_model.VAE_PREFIX) for k in state):
+        state = {k[len(demo_model.VAE_PREFIX):]: v for k, v in state.items() if k.startswith(demo_model.VAE_PREFIX)}
+    vae = comfy.taesd.taesd.TAESD()
+    vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    vae.eval()
+    return lambda images: vae.taesd_decoder(vae.taesd_encoder(images))
 
 
 if __name__ == "__main__":
