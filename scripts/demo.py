@@ -1,8 +1,9 @@
-"""Runs the pack's main job: the example style-erasure workflow through ComfyUI's own executor.
+"""Runs the pack's main job on the built-in SynthCanvas demo model: the example workflow
+example_workflows/api/synthcanvas_erase_style.json (erase the "neon" style) through ComfyUI's own executor, then
+judges the result with the shipped classifier.
 
-Until the built-in demo model exists, it runs on the SD1.5-shaped test checkpoint with random weights
-(built here from a seed), shrunk to CPU size: the graph, the training and the files are real, the images
-are noise. Writes the before / after images, the charts and the adapter under --out.
+Writes to --out: the workflow's images and charts, the adapter, a before / after grid and metrics.json
+(UA / IRA / CRA / paraphrase UA, as in benchmarks/synthcanvas.py).
 """
 
 from __future__ import annotations
@@ -18,41 +19,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 import comfy_runtime  # noqa: E402
-import model_factory  # noqa: E402
 
-WORKFLOW = REPO / "example_workflows" / "api" / "erase_style.json"
-CHECKPOINT = "tiny_sd15.safetensors"
+from synthcanvas import benchmark, demo_model  # noqa: E402
+from synthcanvas.generation import generate  # noqa: E402
 
-
-def shrink_for_cpu(prompt: dict, train_steps: int) -> dict:
-    """The same graph at the test model's size: 64 px, one sample per prompt, few sampler steps."""
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = CHECKPOINT
-        if "resolution" in inputs:
-            inputs.update(resolution=64, samples=1)
-        if node["class_type"] == "SpareTrainAdapter":
-            inputs.update(steps=train_steps, learning_rate=1e-3)
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        if node["class_type"] == "KSampler":
-            inputs["steps"] = 4
-    return prompt
+WORKFLOW = REPO / "example_workflows" / "api" / "synthcanvas_erase_style.json"
+CONCEPT = benchmark.Concept("style", "neon")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="folder for images and the adapter")
-    parser.add_argument("--train-steps", type=int, default=30, help="SPARE training steps")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="folder for images, adapter, metrics")
+    parser.add_argument("--train-steps", type=int, default=None, help="override the workflow's training steps")
     args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
 
-    work = args.out.resolve() / "comfyui"
-    runtime = comfy_runtime.boot(work)
-    if not (runtime.folder("checkpoints") / CHECKPOINT).exists():
-        model_factory.build_sd15_checkpoint(runtime.folder("checkpoints") / CHECKPOINT, seed=0)
-    prompt = shrink_for_cpu(json.loads(WORKFLOW.read_text()), args.train_steps)
-    adapter = runtime.folder("loras") / "spare_erase_van_gogh.safetensors"
+    runtime = comfy_runtime.boot(out / "comfyui")
+    checkpoint = demo_model.build_checkpoint(runtime.folder("checkpoints") / demo_model.CHECKPOINT_NAME)
+    prompt = json.loads(WORKFLOW.read_text())
+    if args.train_steps:
+        prompt["6"]["inputs"]["steps"] = args.train_steps
+    adapter = runtime.folder("loras") / f"{prompt['7']['inputs']['file_name']}.safetensors"
     if adapter.exists():
         adapter.unlink()  # the demo's own output from an earlier run; the workflow itself never overwrites
 
@@ -63,12 +51,35 @@ def main() -> int:
         print(f"workflow failed: {run.error}", file=sys.stderr)
         return 1
     for image in sorted(runtime.folder("output").glob("spare_*.png")):
-        shutil.copy2(image, args.out / image.name)
-    shutil.copy2(adapter, args.out / adapter.name)
-    losses = run.outputs["6"][0][0].info("final_loss")
-    print(f"workflow ran in {seconds:.1f} s on the CPU; final loss {losses:.5f}")
-    print(f"adapter: {args.out / adapter.name} ({adapter.stat().st_size / 1e6:.2f} MB)")
-    print(f"images:  {', '.join(sorted(p.name for p in args.out.glob('spare_*.png')))}")
+        shutil.copy2(image, out / image.name)
+    shutil.copy2(adapter, out / adapter.name)
+    print(f"workflow ran in {seconds:.1f} s on the CPU (checkpoint {checkpoint.name}); "
+          f"adapter {adapter.stat().st_size / 1e6:.2f} MB")
+
+    # Judge it: the base and the erased MODEL straight from the executor's outputs, the same evaluation set as
+    # the benchmark, generated through the stock KSampler.
+    base, clip, vae = (run.outputs["1"][slot][0] for slot in range(3))  # outputs[node][slot] holds a list
+    erased = run.outputs["6"][1][0]
+    settings = benchmark.Settings()
+    evals = benchmark.eval_set(CONCEPT, settings.forget_seeds)
+    scores = {}
+    for name, model in (("before", base), ("after", erased)):
+        images = generate(runtime.nodes, model, clip, vae, evals.prompts, benchmark.EVAL_SEED, settings.sampler)
+        scores[name] = benchmark.score(CONCEPT, evals, images)
+    rows = benchmark.grid_rows(CONCEPT)
+    tiles = [[benchmark._uint8(b), benchmark._uint8(a)] for b, a in zip(
+        generate(runtime.nodes, base, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler),
+        generate(runtime.nodes, erased, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler))]
+    grid = benchmark.grid(rows, ["before", "after"], tiles, out / "synthcanvas_erase_neon_grid.png")
+    metrics = {"concept": CONCEPT.label(), "workflow_seconds": round(seconds, 1), **scores,
+               "definitions": "UA: share of 'neon' images not classified neon; IRA: style accuracy on the other "
+                              "styles; CRA: object accuracy on images not prompted with neon; paraphrase UA: UA "
+                              "on held-out prompt templates"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for name in ("before", "after"):
+        s = scores[name]
+        print(f"{name:6s}  UA {s['UA']:.3f}  IRA {s['IRA']:.3f}  CRA {s['CRA']:.3f}  paraphrase UA {s['paraphrase_UA']:.3f}")
+    print(f"grid:    {grid}\nmetrics: {out / 'metrics.json'}")
     return 0
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv, then runs the example style-erasure workflow on the built-in test checkpoint (scripts/demo.py).
+# Sets up .venv, then erases a style from the built-in SynthCanvas demo model through the example workflow
+# (scripts/demo.py): before / after grid, adapter and metrics in out/demo/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

@@ -84,14 +84,9 @@ def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
 
 
 def _shrunk_ui(comfy, name, checkpoint, train_steps):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("spare_demo", REPO / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    api = demo.shrink_for_cpu(json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text()), train_steps)
-    for node in api.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = checkpoint
+    from workflows import shrink_for_cpu
+    api = shrink_for_cpu(json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text()), train_steps,
+                         checkpoint)
     return api_to_ui(api, comfy.nodes.NODE_CLASS_MAPPINGS)
 
 

@@ -1,6 +1,5 @@
 """Every example workflow runs through the executor (at test size), and its UI twin is the same graph."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,18 +7,12 @@ import pytest
 import torch
 
 from workflow_format import ui_to_api
+from workflows import shrink_for_cpu
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 API_FILES = sorted((EXAMPLES / "api").glob("*.json"))
 # The erasure examples save the adapters that the load / compare / stack examples use.
 SAVES = {"erase_style": "spare_erase_van_gogh.safetensors", "erase_object": "spare_erase_cat.safetensors"}
-
-
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("spare_demo", EXAMPLES.parent / "scripts" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _canonical(api: dict) -> dict:
@@ -42,10 +35,7 @@ def test_ui_twin_describes_the_same_graph(comfy, api_file):
 
 
 def _run_example(comfy, checkpoint, name):
-    prompt = _demo_module().shrink_for_cpu(json.loads((EXAMPLES / "api" / f"{name}.json").read_text()), train_steps=2)
-    for node in prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = checkpoint
+    prompt = shrink_for_cpu(json.loads((EXAMPLES / "api" / f"{name}.json").read_text()), 2, checkpoint)
     return comfy.run_prompt(prompt)
 
 
@@ -62,7 +52,9 @@ def example_adapters(comfy, sd15_checkpoint):
 
 
 def test_every_example_is_covered():
-    assert {p.stem for p in API_FILES} == set(SAVES) | {"compare_saved_adapter", "stack_and_remove"}
+    # synthcanvas_erase_style runs on the demo model, in test_synthcanvas_model.py.
+    assert {p.stem for p in API_FILES} == set(SAVES) | {"compare_saved_adapter", "stack_and_remove",
+                                                         "synthcanvas_erase_style"}
 
 
 @pytest.mark.parametrize("name", list(SAVES))

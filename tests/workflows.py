@@ -62,3 +62,20 @@ def stock_lora_and_spare_load(checkpoint: str, lora_file: str) -> dict:
         **{f"save_{n}": {"class_type": "SaveLatent", "inputs": {"samples": [n, 0], "filename_prefix": f"latents/spare_{n}"}}
            for n in ("9", "10", "12")},
     }
+
+
+def shrink_for_cpu(prompt: dict, train_steps: int, checkpoint: str) -> dict:
+    """The same graph at the test model's size: 64 px, one sample per prompt, few sampler steps."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = checkpoint
+        if "resolution" in inputs:
+            inputs.update(resolution=64, samples=1)
+        if node["class_type"] == "SpareTrainAdapter":
+            inputs.update(steps=train_steps, learning_rate=1e-3)
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        if node["class_type"] == "KSampler":
+            inputs["steps"] = 4
+    return prompt
