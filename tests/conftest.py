@@ -38,6 +38,14 @@ def sd15(comfy, sd15_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def synthcanvas_checkpoint(comfy):
+    """The built-in demo model, assembled (shipped UNet + VAE, regenerated text encoder) into models/checkpoints."""
+    from synthcanvas import demo_model
+    demo_model.build_checkpoint(comfy.folder("checkpoints") / demo_model.CHECKPOINT_NAME)
+    return demo_model.CHECKPOINT_NAME
+
+
+@pytest.fixture(scope="session")
 def small_sd15(comfy):
     """A 64-channel SD1.5-architecture MODEL for fast training tests."""
     return model_factory.small_sd15_model(seed=0)
