@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         spare, esd = results[family].get("spare"), results[family].get("esd_x")
         if spare and esd:
             spare["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
-        del model
+        runs = model = cond = None  # drop every reference before the next family's model is built
         runtime.unload_models()
     table = markdown(results)
     print(table)
