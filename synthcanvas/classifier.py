@@ -62,13 +62,9 @@ def render_set(seeds: range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return to_tensor(np.stack(images)), torch.tensor(objects), torch.tensor(styles)
 
 
-def train(seeds: int = 200, epochs: int = 10, seed: int = 0, report=log.info) -> Classifier:
-    torch.manual_seed(seed)
-    images, objects, styles = render_set(range(seeds))
-    model = Classifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps = epochs * ((len(images) + 127) // 128)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+def _fit(model: Classifier, images, objects, styles, optimizer, schedule, epochs: int, seed: int, label: str,
+         report) -> None:
+    """Shuffled batches of 128, half of them mirrored, both heads' cross-entropy summed."""
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
@@ -83,8 +79,19 @@ def train(seeds: int = 200, epochs: int = 10, seed: int = 0, report=log.info) ->
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            schedule.step()
-        report(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f} ({time.perf_counter() - started:.0f} s)")
+            if schedule is not None:
+                schedule.step()
+        report(f"{label} {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f} ({time.perf_counter() - started:.0f} s)")
+
+
+def train(seeds: int = 200, epochs: int = 10, seed: int = 0, report=log.info) -> Classifier:
+    torch.manual_seed(seed)
+    images, objects, styles = render_set(range(seeds))
+    model = Classifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * ((len(images) + 127) // 128)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    _fit(model, images, objects, styles, optimizer, schedule, epochs, seed, "epoch", report)
     return model
 
 
@@ -98,21 +105,7 @@ def adapt(model: Classifier, round_trip, seeds: int = 200, epochs: int = 2, seed
         decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
     images, objects, styles = torch.cat([images, decoded]), objects.repeat(2), styles.repeat(2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        started, order = time.perf_counter(), torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), 128):
-            index = order[start:start + 128]
-            batch = images[index]
-            if torch.rand((), generator=generator) < 0.5:
-                batch = batch.flip(3)
-            predicted_objects, predicted_styles = model(batch)
-            loss = F.cross_entropy(predicted_objects, objects[index]) + F.cross_entropy(predicted_styles, styles[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        report(f"adapt epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.4f} ({time.perf_counter() - started:.0f} s)")
+    _fit(model, images, objects, styles, optimizer, None, epochs, seed, "adapt epoch", report)
     return model.eval()
 
 
