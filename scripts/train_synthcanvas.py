@@ -4,6 +4,8 @@ classifier must recognise what the stock KSampler generates from held-out seeds.
     python scripts/train_synthcanvas.py                      # full recipe (minutes on a GPU)
     python scripts/train_synthcanvas.py --install            # ... and replace synthcanvas/weights/demo_model.safetensors
     python scripts/train_synthcanvas.py --unet-steps 20 --vae-steps 20 --seeds 4   # a quick check of the code path
+    python scripts/train_synthcanvas.py --reuse-vae W --decoder-steps 0 --init-unet W --unet-steps 3000
+        # W = synthcanvas/weights/demo_model.safetensors: keep its VAE, train its UNet 3000 more steps
 
 Prints progress and a JSON report (timings, device, generation accuracy); --report writes it to a file.
 """
@@ -39,9 +41,14 @@ def main(argv=None) -> int:
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(getattr(plan_defaults, field.name)),
                             default=getattr(plan_defaults, field.name))
     parser.add_argument("--work", type=Path, default=None, help="folder for intermediate files (default: a temp dir)")
-    parser.add_argument("--reuse-vae", type=Path, help="skip VAE training: a vae.safetensors from an earlier run's --work")
+    parser.add_argument("--reuse-vae", type=Path,
+                        help="skip VAE training: a vae.safetensors from an earlier run's --work, or a "
+                             "demo_model.safetensors (then add --decoder-steps 0 to keep that VAE as it is)")
     parser.add_argument("--reuse-unet", type=Path,
                         help="skip UNet training: a demo_model.safetensors from an earlier run's --work")
+    parser.add_argument("--init-unet", type=Path,
+                        help="continue UNet training from a demo_model.safetensors (e.g. the shipped one) for "
+                             "--unet-steps more steps")
     parser.add_argument("--install", action="store_true", help="copy the trained weights over the shipped file")
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     parser.add_argument("--eval-seeds", type=int, default=4, help="held-out sampler seeds per (object, style)")
@@ -57,7 +64,7 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     result = training.train(plan, work, device, report=print, reuse_vae=args.reuse_vae,
-                            reuse_unet=args.reuse_unet)
+                            reuse_unet=args.reuse_unet, init_unet=args.init_unet)
     result["timings"]["total_s"] = round(time.perf_counter() - started, 1)
 
     checkpoint = demo_model.build_checkpoint(runtime.folder("checkpoints") / demo_model.CHECKPOINT_NAME,

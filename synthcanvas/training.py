@@ -83,6 +83,15 @@ def _as_float(images: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255
 
 
+def _random_crops(images: np.ndarray, batch: int, crop: int, generator, device) -> torch.Tensor:
+    """``batch`` random images, one shared random ``crop``-pixel window, channels-last floats in [0, 1]. Windows
+    start on the 8-pixel latent grid, so each crop encodes exactly as it does inside the whole image."""
+    index = torch.randint(0, len(images), (batch,), generator=generator)
+    top, left = (8 * int(v) for v in torch.randint(0, (RESOLUTION - crop) // 8 + 1, (2,), generator=generator))
+    window = images[index.numpy(), top:top + crop, left:left + crop]
+    return _as_float(window, device).contiguous(memory_format=torch.channels_last)
+
+
 def train_vae(images: np.ndarray, plan: TrainingPlan, device, report=log.info):
     """TAESD (ComfyUI's class) as a plain autoencoder on [0, 1] images. Noise on the latents during training
     keeps the decoder forgiving of the small errors a sampler leaves; a light penalty keeps latents inside the
@@ -99,11 +108,7 @@ def train_vae(images: np.ndarray, plan: TrainingPlan, device, report=log.info):
     vae.to(memory_format=torch.channels_last)
     started = time.perf_counter()
     for step in range(plan.vae_steps):
-        index = torch.randint(0, len(images), (plan.vae_batch,), generator=generator)
-        # Crops start on the 8-pixel latent grid, so each crop encodes exactly as inside the whole image.
-        top, left = (8 * int(v) for v in torch.randint(0, (RESOLUTION - plan.vae_crop) // 8 + 1, (2,), generator=generator))
-        crop = images[index.numpy(), top:top + plan.vae_crop, left:left + plan.vae_crop]
-        x = _as_float(crop, device).contiguous(memory_format=torch.channels_last)
+        x = _random_crops(images, plan.vae_batch, plan.vae_crop, generator, device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             latents = vae.taesd_encoder(x)
             noisy = latents + 0.1 * torch.randn_like(latents)
@@ -137,11 +142,7 @@ def finetune_decoder(vae, images: np.ndarray, plan: TrainingPlan, device, report
     generator = torch.Generator().manual_seed(plan.seed + 5)
     started = time.perf_counter()
     for step in range(plan.decoder_steps):
-        index = torch.randint(0, len(images), (plan.vae_batch,), generator=generator)
-        top, left = (8 * int(v) for v in torch.randint(0, (RESOLUTION - plan.decoder_crop) // 8 + 1, (2,),
-                                                       generator=generator))
-        crop = images[index.numpy(), top:top + plan.decoder_crop, left:left + plan.decoder_crop]
-        x = _as_float(crop, device).contiguous(memory_format=torch.channels_last)
+        x = _random_crops(images, plan.vae_batch, plan.decoder_crop, generator, device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             with torch.no_grad():
                 latents = vae.taesd_encoder(x)
@@ -306,17 +307,35 @@ def reconstruction_accuracy(vae, device, seeds: range = range(2_000_000, 2_000_0
 
 
 def load_vae(path: Path, device):
+    """A TAESD from an earlier run's vae.safetensors, or the VAE part of a demo-model weights file."""
     import comfy.taesd.taesd
     from safetensors.torch import load_file
+    state = load_file(str(path))
+    if any(k.startswith(demo_model.VAE_PREFIX) for k in state):
+        state = {k[len(demo_model.VAE_PREFIX):]: v.float() for k, v in state.items()
+                 if k.startswith(demo_model.VAE_PREFIX)}
     vae = comfy.taesd.taesd.TAESD()
-    vae.load_state_dict(load_file(str(path)))
+    vae.load_state_dict(state)
     return vae.to(device).eval()
 
 
+def earlier_unet(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The UNet tensors (checkpoint keys, as stored) and metadata of a demo-model weights file."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as earlier:
+        metadata = earlier.metadata() or {}
+        unet = {k: earlier.get_tensor(k) for k in earlier.keys() if k.startswith(demo_model.UNET_PREFIX)}
+    if not unet:
+        raise ValueError(f"init_unet: {path} holds no UNet tensors (keys starting {demo_model.UNET_PREFIX!r})")
+    return unet, metadata
+
+
 def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Path | None = None,
-          reuse_unet: Path | None = None) -> dict:
-    """``reuse_vae`` (an earlier run's vae.safetensors) skips VAE training, ``reuse_unet`` (an earlier run's
-    demo_model.safetensors) skips UNet training; the decoder stage runs either way when decoder_steps > 0.
+          reuse_unet: Path | None = None, init_unet: Path | None = None) -> dict:
+    """``reuse_vae`` (an earlier run's vae.safetensors, or a demo-model weights file) skips VAE training,
+    ``reuse_unet`` (an earlier run's demo_model.safetensors) skips UNet training, ``init_unet`` (the same kind of
+    file) starts the UNet from those weights and trains ``plan.unet_steps`` more, with a fresh warmup-cosine cycle;
+    the decoder stage runs either way when decoder_steps > 0.
     Writes demo_model.safetensors (UNet + VAE, as shipped) to ``work`` and returns timings; the caller decides
     whether to copy it over the shipped file."""
     work.mkdir(parents=True, exist_ok=True)
@@ -343,7 +362,15 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
     if reuse_unet:
         return _with_reused_unet(vae, reuse_unet, work, plan, timings, report)
     vae_state = {demo_model.VAE_PREFIX + k: v.detach().cpu() for k, v in vae.state_dict().items()}
-    initial = {**initial_unet_state(plan.seed), **vae_state}
+    stages = f"unet: train_unet {plan.unet_steps} steps from a fresh initialisation"
+    if init_unet:
+        unet_state, earlier = earlier_unet(init_unet)
+        stages = f"{earlier.get('spare.stages', 'earlier weights')}; then train_unet {plan.unet_steps} more steps " \
+                 f"at lr {plan.unet_lr:g} from those weights (--init-unet)"
+        report(f"unet: starting from {init_unet} ({len(unet_state)} tensors)")
+    else:
+        unet_state = initial_unet_state(plan.seed)
+    initial = {**unet_state, **vae_state}
 
     started = time.perf_counter()
     model, clip, comfy_vae = load_through_comfy(demo_model.assemble(initial), work)
@@ -369,6 +396,7 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
     text_encoder = demo_model.fingerprint(demo_model.text_encoder_state())
     path = demo_model.write_atomically(weights, work / "demo_model.safetensors",
                                        metadata={"spare.training_plan": json.dumps(asdict(plan)),
+                                                 "spare.stages": stages,
                                                  "spare.text_encoder_sha256": text_encoder,
                                                  "spare.caption_tokens_sha256": timings["caption_tokens_sha256"]})
     timings["weights_mb"] = round(path.stat().st_size / 1e6, 2)
@@ -376,10 +404,7 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
 
 
 def _with_reused_unet(vae, reuse_unet: Path, work: Path, plan: TrainingPlan, timings: dict, report) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(reuse_unet), "pt") as reused:
-        metadata = reused.metadata() or {}
-        unet = {k: reused.get_tensor(k) for k in reused.keys() if k.startswith(demo_model.UNET_PREFIX)}
+    unet, metadata = earlier_unet(reuse_unet)
     report(f"unet: reused {reuse_unet} ({len(unet)} tensors)")
     vae_part = {k: v for k, v in demo_model.unet_vae_state(torch.nn.Module(), vae).items()
                 if k.startswith(demo_model.VAE_PREFIX)}

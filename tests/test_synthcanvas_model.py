@@ -36,6 +36,24 @@ def test_build_keeps_an_existing_checkpoint_unless_asked(tmp_path):
     assert target.read_bytes() == b"user file"
 
 
+def test_training_can_continue_from_the_shipped_weights(comfy, tmp_path):
+    """--reuse-vae / --init-unet read the shipped file: its VAE exactly, its UNet tensors and training history."""
+    from safetensors.torch import save_file
+
+    from synthcanvas import training
+    vae = training.load_vae(demo_model.WEIGHTS, torch.device("cpu"))
+    with safe_open(str(demo_model.WEIGHTS), "pt") as weights:
+        for name, value in vae.state_dict().items():
+            assert torch.equal(value, weights.get_tensor(demo_model.VAE_PREFIX + name).float()), name
+    unet, metadata = training.earlier_unet(demo_model.WEIGHTS)
+    assert unet and all(k.startswith(demo_model.UNET_PREFIX) for k in unet)
+    assert "train_unet" in metadata["spare.stages"]
+    vae_only = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_only))
+    with pytest.raises(ValueError, match="init_unet: .* holds no UNet tensors"):
+        training.earlier_unet(vae_only)
+
+
 def _generation_prompt(checkpoint, pairs, seed):
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
               "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
