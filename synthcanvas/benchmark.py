@@ -390,12 +390,14 @@ def spare_on_subsets(results: dict, only: dict[str, set[str]]) -> dict:
     """SPARE's means on the concept subsets other methods ran on, so rows compare like with like."""
     groups: dict[frozenset, list[str]] = {}
     for method, labels in only.items():
-        groups.setdefault(frozenset(labels), []).append(method)
+        if results["per_concept"].get(method):  # only methods that ran: a subset row names its method
+            groups.setdefault(frozenset(labels), []).append(method)
     out = {}
     for labels, methods in groups.items():
         rows = {k: v for k, v in results["per_concept"].get("spare", {}).items() if k in labels}
         if rows and len(rows) < len(results["per_concept"]["spare"]):
-            out[f"spare on the {len(rows)} concepts of {' / '.join(methods)}"] = summarise(rows)
+            concepts = f"{len(rows)} concept{'s' if len(rows) > 1 else ''}"
+            out[f"spare on the {concepts} of {' / '.join(methods)}"] = summarise(rows)
     return out
 
 

@@ -78,9 +78,9 @@ def test_stock_loader_and_ksampler_draw_recognisable_objects_and_styles(comfy, s
     objects, styles = evaluation.classify(images)
     want_objects = torch.tensor([OBJECTS.index(o) for o, _ in pairs]).repeat_interleave(4)
     want_styles = torch.tensor([STYLES.index(s) for _, s in pairs]).repeat_interleave(4)
-    # Measured over all 64 pairs (docs/synthcanvas.md): styles ~98 %, objects ~65 % (chance: 12.5 %).
-    assert (styles == want_styles).sum() >= 13, styles.tolist()
-    assert (objects == want_objects).sum() >= 6, objects.tolist()
+    # Measured: 16 of 16 each here; over all 64 pairs (docs/synthcanvas.md) styles 98 %, objects 89 % (chance: 12.5 %).
+    assert (styles == want_styles).sum() >= 14, styles.tolist()
+    assert (objects == want_objects).sum() >= 12, objects.tolist()
 
 
 def test_example_workflow_erases_neon(comfy, synthcanvas_checkpoint):
@@ -91,13 +91,14 @@ def test_example_workflow_erases_neon(comfy, synthcanvas_checkpoint):
     assert run.success, run.error
     assert saved.exists()
     before, after = run.outputs["11"][0][0], run.outputs["12"][0][0]   # "a star in neon style", 4 seeds each
-    _, styles_before = evaluation.classify(before)
-    _, styles_after = evaluation.classify(after)
-    neon = STYLES.index("neon")
+    objects_before, styles_before = evaluation.classify(before)
+    objects_after, styles_after = evaluation.classify(after)
+    neon, star = STYLES.index("neon"), OBJECTS.index("star")
     assert (styles_before == neon).sum() >= 3, styles_before.tolist()
     assert (styles_after == neon).sum() <= 1, styles_after.tolist()
-    # Not asserted: the star itself. At the example's strength the demo model kept 1 star of 4 on this prompt
-    # (its object fidelity is weak to begin with); retention over all concepts is the benchmark's job.
+    # The object survives the style's erasure (measured: 4 stars of 4 before, 3 of 4 after).
+    assert (objects_before == star).sum() >= 3, objects_before.tolist()
+    assert (objects_after == star).sum() >= 2, objects_after.tolist()
 
 
 def test_benchmark_smoke_on_two_concepts(comfy, synthcanvas_checkpoint, tmp_path):
@@ -122,3 +123,15 @@ def test_benchmark_smoke_on_two_concepts(comfy, synthcanvas_checkpoint, tmp_path
 def test_concept_names_are_checked():
     with pytest.raises(ValueError, match="unknown concept 'style:glitter'"):
         benchmark.parse_concepts("style:glitter")
+
+
+def test_subset_rows_compare_spare_on_the_concepts_a_method_ran_on():
+    def row(ua):
+        return {"UA": ua, "IRA": 0.9, "CRA": 0.9, "paraphrase_UA": ua, "seconds": 10.0, "peak_memory_mb": 1.0,
+                "adapter_mb": 0.5}
+    spare = {"style:neon": row(0.5), "object:star": row(1.0), "style:pastel": row(0.0)}
+    results = {"per_concept": {"spare": spare, "esd_x": {"style:neon": row(1.0)}, "spare_no_retain": {}}}
+    only = {"esd_x": {"style:neon"}, "spare_no_retain": {"style:neon", "object:star"}}  # no_retain did not run
+    rows = benchmark.spare_on_subsets(results, only)
+    assert list(rows) == ["spare on the 1 concept of esd_x"]
+    assert rows["spare on the 1 concept of esd_x"]["UA"] == 0.5
