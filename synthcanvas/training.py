@@ -315,7 +315,12 @@ def load_vae(path: Path, device):
         state = {k[len(demo_model.VAE_PREFIX):]: v.float() for k, v in state.items()
                  if k.startswith(demo_model.VAE_PREFIX)}
     vae = comfy.taesd.taesd.TAESD()
-    vae.load_state_dict(state)
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    # Newer ComfyUI's TAESD adds a vae_shift parameter; files written by the 2024 one lack it (its default is
+    # the no-shift the weights were trained with). Anything else missing or extra is a wrong file.
+    if unexpected or set(missing) - {"vae_shift"}:
+        raise ValueError(f"reuse_vae: {path} is not a TAESD for this ComfyUI (missing {sorted(missing)}, "
+                         f"unexpected {sorted(unexpected)})")
     return vae.to(device).eval()
 
 
