@@ -6,7 +6,8 @@ cross-attention weights so that, for the concept c,
 where x_t comes from sampling the model being trained for a random number of its 50 steps, and θ are the
 frozen original weights. Paper defaults: 1000 iterations, Adam lr 1e-5, η = 1, 50 sampling steps, guidance 3
 while drawing x_t. The frozen teacher is the original value of the trained weights, swapped in for teacher
-passes, so only the cross-attention weights are held twice (the paper keeps two whole models).
+passes, so only the cross-attention weights are held twice (the paper keeps two whole models); they are
+trained as float32 masters whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -37,18 +38,15 @@ def cross_attention_linears(unet: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in unet.named_modules() if ".attn2." in f".{name}." and isinstance(m, nn.Linear)}
 
 
-@contextlib.contextmanager
-def _trainable_copies(modules: dict[str, nn.Linear]):
-    """Give each module a trainable copy of its weight; yield (trainable, frozen) weight lists; restore after."""
-    originals = {name: m._parameters["weight"] for name, m in modules.items()}
-    trainable = {name: nn.Parameter(w.detach().clone().float(), requires_grad=True) for name, w in originals.items()}
-    try:
-        for name, m in modules.items():
-            m._parameters["weight"] = trainable[name]
-        yield trainable, originals
-    finally:
-        for name, m in modules.items():
-            m._parameters["weight"] = originals[name]
+def _float32_copies(modules: dict[str, nn.Linear]) -> dict[str, nn.Parameter]:
+    """Trainable float32 master copies of the weights: a float16 / bfloat16 model is trained through casts of
+    them (mixed precision), so Adam's small updates are not rounded away."""
+    return {name: nn.Parameter(m.weight.detach().clone().float(), requires_grad=True) for name, m in modules.items()}
+
+
+def _cast_like(masters: dict[str, torch.Tensor], modules: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+    """The masters in each module's own dtype; differentiable, so gradients reach the float32 masters."""
+    return {name: w.to(modules[name].weight.dtype) for name, w in masters.items()}
 
 
 @contextlib.contextmanager
@@ -72,27 +70,28 @@ def train_esd_x(denoiser: Denoiser, concept: Conditioning, uncond: Conditioning,
     cond = concept.to(denoiser.device, denoiser.dtype)
     both = Conditioning.cat([concept, uncond]).to(denoiser.device, denoiser.dtype)
     side = config.latent_size
-    with _trainable_copies(modules) as (trainable, frozen):
-        optimizer = torch.optim.Adam(trainable.values(), lr=config.learning_rate)
-        for step in range(config.iterations):
-            stop = int(torch.randint(config.sampling_steps, (1,), generator=generator))
-            x = torch.randn((1, denoiser.latent_channels, side, side), generator=generator).to(denoiser.device)
-            x = x * schedule[0]
-            with torch.no_grad():
+    trainable = _float32_copies(modules)
+    optimizer = torch.optim.Adam(trainable.values(), lr=config.learning_rate)
+    for step in range(config.iterations):
+        stop = int(torch.randint(config.sampling_steps, (1,), generator=generator))
+        x = torch.randn((1, denoiser.latent_channels, side, side), generator=generator).to(denoiser.device)
+        x = x * schedule[0]
+        with torch.no_grad():
+            with _weights(modules, _cast_like(trainable, modules)):  # x_t is drawn from the model being trained
                 for sigma, sigma_next in zip(schedule[:stop], schedule[1:stop + 1]):
                     s = torch.full((2,), float(sigma), device=denoiser.device)
                     eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), s, both).chunk(2)
                     x = x + (eps_u + config.sampling_guidance * (eps_c - eps_u)) * float(sigma_next - sigma)
-                sigma_t = torch.full((2,), float(schedule[stop]), device=denoiser.device)
-                with _weights(modules, frozen):
-                    eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), sigma_t, both).chunk(2)
-                target = eps_u - config.negative_guidance * (eps_c - eps_u)
+            sigma_t = torch.full((2,), float(schedule[stop]), device=denoiser.device)
+            eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), sigma_t, both).chunk(2)  # frozen originals
+            target = eps_u - config.negative_guidance * (eps_c - eps_u)
+        with _weights(modules, _cast_like(trainable, modules)):
             loss = F.mse_loss(denoiser.predict_noise(x, sigma_t[:1], cond), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            on_step(step, float(loss.detach()))
-        return {name: w.detach().cpu() for name, w in trainable.items()}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        on_step(step, float(loss.detach()))
+    return {name: w.detach().cpu() for name, w in trainable.items()}
 
 
 @dataclass(frozen=True)

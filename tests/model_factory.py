@@ -98,9 +98,11 @@ SDXL_UNET = {
 }
 
 
-def _patched_model(model_config, seed: int):
+def _patched_model(model_config, seed: int, dtype: torch.dtype = torch.float32):
     """A ComfyUI ModelPatcher (the MODEL type) around a freshly built model with seeded weights, on the CPU."""
     import comfy.model_patcher
+    if dtype != torch.float32:
+        model_config.set_inference_dtype(dtype, None)
     with torch.no_grad():
         model = model_config.get_model({})
         model.diffusion_model.load_state_dict(seeded_like(model.diffusion_model.state_dict(), seed))
@@ -108,12 +110,12 @@ def _patched_model(model_config, seed: int):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-def small_sd15_model(seed: int = 0, channels: int = 64):
+def small_sd15_model(seed: int = 0, channels: int = 64, dtype: torch.dtype = torch.float32):
     """SD1.5 architecture with fewer channels, for fast CPU training tests (built directly: detection
-    only recognises SD1.5 at 320 channels)."""
+    only recognises SD1.5 at 320 channels); ``dtype`` as a GPU would hold it (float16 / bfloat16)."""
     import comfy.supported_models
     config = dict(SD15_UNET, model_channels=channels, num_heads=-1, num_head_channels=32)
-    return _patched_model(comfy.supported_models.SD15(unet_config(config)), seed)
+    return _patched_model(comfy.supported_models.SD15(unet_config(config)), seed, dtype)
 
 
 def small_sdxl_model(seed: int = 0):

@@ -2,6 +2,7 @@
 
 import torch
 
+import model_factory
 from erasure_helpers import random_prompts
 from spare_core.baselines import ESDConfig, UCEConfig, cross_attention_linears, edit_uce, text_projections, train_esd_x
 
@@ -35,4 +36,19 @@ def test_esd_x_trains_only_cross_attention_and_restores_the_model(bridge, small_
                               on_step=lambda step, loss: losses.append(loss))
     assert len(losses) == 3 and set(weights) == set(before)
     assert any(not torch.equal(weights[n], before[n]) for n in before), "ESD-x must change cross-attention"
+    assert all(torch.equal(m.weight, before[n]) for n, m in cross_attention_linears(unet).items())
+
+
+def test_esd_x_trains_a_bfloat16_model_through_float32_master_weights(bridge):
+    """A GPU holds the model in half precision; ESD-x's trained copies stay float32 and the model keeps its own."""
+    model = model_factory.small_sd15_model(seed=0, dtype=torch.bfloat16)
+    prompts = random_prompts(seed=9)
+    unet = model.model.diffusion_model
+    before = {n: m.weight.detach().clone() for n, m in cross_attention_linears(unet).items()}
+    assert all(w.dtype == torch.bfloat16 for w in before.values())
+    with bridge.denoiser_session(model) as denoiser:
+        weights = train_esd_x(denoiser, prompts.forget, prompts.uncond,
+                              ESDConfig(iterations=2, learning_rate=1e-3, sampling_steps=4, latent_size=4), seed=0)
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert any(not torch.equal(weights[n].to(torch.bfloat16), before[n]) for n in before)
     assert all(torch.equal(m.weight, before[n]) for n, m in cross_attention_linears(unet).items())
