@@ -59,7 +59,7 @@ class RowSaliency:
     """Per output row of one weight, summed over draws: mean |g_f|, mean |g_r| and mean |g_f − g_r|.
 
     Rows are all a module's weights ever needs (its score is the mean over rows), so memory stays at one
-    gradient set plus these vectors: full |gradient| tensors of SDXL would cost 10 GB each in float32."""
+    module's gradient plus these vectors: full |gradient| tensors of SDXL would cost 10 GB each in float32."""
 
     forget: torch.Tensor
     retain: Optional[torch.Tensor] = None
@@ -86,9 +86,22 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
     if retain is not None:
         conds.append(retain.select(torch.arange(count) % len(retain)))
     cond = Conditioning.cat(conds).to(denoiser.device, denoiser.dtype)
+    # Each weight's gradient is reduced to its row means and dropped the moment autograd finishes it, so a
+    # full set of weight gradients (the size of the model) never exists at once.
+    current = {"field": "forget"}
+
+    def reduce_and_drop(name: str):
+        def hook(weight: torch.Tensor) -> None:
+            getattr(stats[name], current["field"]).add_(_row_mean_abs(weight.grad))
+            weight.grad = None
+        return hook
+    saved_grads = [w.grad for w in weights]
+    handles = []
     try:
-        for w in weights:
+        for name, w in zip(modules, weights):
+            w.grad = None
             w.requires_grad_(True)
+            handles.append(w.register_post_accumulate_grad_hook(reduce_and_drop(name)))
         for draw in range(draws):
             x0 = forget.latents.to(denoiser.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -102,16 +115,15 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
             if retain is not None:
                 parts += [("retain", losses[1]), ("difference", losses[0] - losses[1])]
             for position, (field_name, loss) in enumerate(parts):
-                grads = torch.autograd.grad(loss, weights, allow_unused=True,
-                                            retain_graph=position < len(parts) - 1)
-                for name, grad in zip(modules, grads):
-                    if grad is not None:
-                        getattr(stats[name], field_name).add_(_row_mean_abs(grad))
-                del grads
+                current["field"] = field_name
+                loss.backward(inputs=weights, retain_graph=position < len(parts) - 1)
             on_draw(draw)
     finally:
-        for w, flag in zip(weights, previous):
+        for handle in handles:
+            handle.remove()
+        for w, flag, grad in zip(weights, previous, saved_grads):
             w.requires_grad_(flag)
+            w.grad = grad
     return stats
 
 
