@@ -134,16 +134,21 @@ class SpareTrainAdapter:
             "batch_size": number("INT", "batch_size", 2, 1, 64),
             "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
         }, "optional": {
+            # Optional so that workflows saved before it existed still validate.
+            "gradient_checkpointing": ("BOOLEAN", {"default": False,
+                                                   "tooltip": help_text(TrainConfig, "gradient_checkpointing")}),
             "saliency": (SALIENCY, {"tooltip": "From Compute Saliency Mask; computed with defaults when not connected."}),
             "timesteps": (TIMESTEPS, {"tooltip": "From Timestep Selector; computed with defaults when not connected."}),
             "forget_latents": LATENT_INPUT,
         }}
 
     def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
-              retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None, forget_latents=None):
+              retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
+              forget_latents=None, gradient_checkpointing=False):
         prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
         config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
-                             retain_weight=retain_weight, batch_size=batch_size)
+                             retain_weight=retain_weight, batch_size=batch_size,
+                             gradient_checkpointing=gradient_checkpointing)
         trained = pipeline.train_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
                                            saliency, timesteps, _latents(model, forget_latents))
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))

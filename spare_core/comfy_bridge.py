@@ -143,12 +143,16 @@ def guard_in_place_residuals(unet: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def _trainable(unet: nn.Module) -> Iterator[None]:
-    """Make the shared UNet usable under autograd for the duration, and put everything back.
+def _trainable(unet: nn.Module, keep_inference_originals: bool = False) -> Iterator[None]:
+    """Make the shared UNet usable under autograd for the duration.
 
     Inside ComfyUI's executor nodes run under inference_mode and weights loaded there are inference
-    tensors, which autograd cannot save. Those are swapped for plain clones (the originals are never
-    written); in-place residuals are guarded (``guard_in_place_residuals``).
+    tensors, which autograd cannot save. Each one is replaced by a plain tensor holding the same values.
+    By default that copy stays in the model afterwards and the inference original is released, so the
+    weights are never held twice (a full-size SDXL UNet is 5 GB in float16): the model computes exactly
+    what it did, and ComfyUI patches, offloads and samples plain tensors like inference ones.
+    ``keep_inference_originals`` puts the originals back instead (costs one more copy of every weight
+    while training). In-place residuals are guarded (``guard_in_place_residuals``).
     """
     swapped = []
     flags = []
@@ -159,14 +163,16 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
                 if param is None:
                     continue
                 if param.is_inference():
-                    swapped.append((module, name, param))
+                    if keep_inference_originals:
+                        swapped.append((module, name, param))
                     module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
                 else:
                     flags.append((param, param.requires_grad))
                     param.requires_grad_(False)
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.is_inference():
-                    swapped.append((module, name, buffer))
+                    if keep_inference_originals:
+                        swapped.append((module, name, buffer))
                     module._buffers[name] = buffer.clone()
         hooks = guard_in_place_residuals(unet)
         yield
@@ -182,9 +188,17 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
+def _checkpoint_blocks(unet: nn.Module) -> tuple:
+    """ComfyUI's SD UNet blocks (openaimodel ResBlock, attention SpatialTransformer), for gradient checkpointing."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+    return tuple(m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer)))
+
+
 @contextlib.contextmanager
-def denoiser_session(model) -> Iterator[Denoiser]:
-    """Load the MODEL where ComfyUI puts it and expose it as a Denoiser with gradients enabled."""
+def denoiser_session(model, keep_inference_originals: bool = False) -> Iterator[Denoiser]:
+    """Load the MODEL where ComfyUI puts it and expose it as a Denoiser with gradients enabled
+    (``keep_inference_originals``: see ``_trainable``; only benchmarks measuring its cost set it)."""
     family = model_family(model)
     _load_to_device(model)
     base = model.model
@@ -196,7 +210,8 @@ def denoiser_session(model) -> Iterator[Denoiser]:
         denoised = base.apply_model(x_t, sigma, c_crossattn=cond.context, **extra)
         return (x_t - denoised.float()) / sigma.view(-1, 1, 1, 1)
 
-    with torch.inference_mode(False), torch.enable_grad(), _trainable(base.diffusion_model):
+    with torch.inference_mode(False), torch.enable_grad(), \
+            _trainable(base.diffusion_model, keep_inference_originals):
         yield Denoiser(
             unet=base.diffusion_model,
             predict_noise=predict_noise,
@@ -205,6 +220,7 @@ def denoiser_session(model) -> Iterator[Denoiser]:
             device=torch.device(device),
             dtype=torch.float32,
             family=family,
+            blocks=_checkpoint_blocks(base.diffusion_model),
         )
 
 

@@ -64,6 +64,8 @@ class Denoiser:
     unet: the module tree whose Linear / Conv2d layers saliency scores and adapters target.
     predict_noise: (x_t (B,C,H,W), sigma (B,), cond with B rows) -> eps estimate (B,C,H,W), float32.
     sigmas: the model's own noise schedule, ascending, one entry per training timestep.
+    blocks: the UNet's residual and transformer blocks, the units gradient checkpointing recomputes
+    (empty where the bridge does not know the architecture's blocks).
     """
 
     unet: torch.nn.Module
@@ -73,6 +75,7 @@ class Denoiser:
     device: torch.device
     dtype: torch.dtype
     family: str = "unknown"
+    blocks: tuple = ()
 
     @property
     def num_timesteps(self) -> int:

@@ -9,12 +9,15 @@ adapted layer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import TrainConfig
 from .denoiser import Conditioning, Denoiser
@@ -61,6 +64,24 @@ def _predict(denoiser: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor, conds: 
     return list(denoiser.predict_noise(x_t, sigma, cond).float().split(sizes))
 
 
+@contextlib.contextmanager
+def recomputed_in_backward(blocks: tuple[nn.Module, ...]):
+    """Gradient checkpointing: while gradients are on, each block keeps only its inputs and recomputes its
+    activations during backward. Non-reentrant checkpointing runs the adapter hooks again on recompute, so the
+    recomputed block is the one that ran. Teacher passes (no gradients) run the blocks as they are."""
+    for block in blocks:
+        def run(*args, _forward=block.forward, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+        block.forward = run
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # the class's forward again
+
+
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
                   forget: ConceptSamples, surrogate: Conditioning, retain: ConceptSamples, config: TrainConfig,
                   seed: int, on_step: StepCallback = lambda step, loss: None,
@@ -69,12 +90,18 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     if timesteps.num_timesteps != denoiser.num_timesteps:
         raise ValueError(f"the timestep distribution covers {timesteps.num_timesteps} timesteps but this model "
                          f"has {denoiser.num_timesteps}; select timesteps on the same model")
+    if config.gradient_checkpointing and not denoiser.blocks:
+        raise ValueError(f"gradient_checkpointing is not available for this {denoiser.family} model: its UNet "
+                         f"blocks are unknown to SPARE; turn it off")
     generator = torch.Generator().manual_seed(seed)
     adapters = SparseLoRASet(denoiser.unet, config.rank, config.alpha, saliency.row_masks, seed)
-    optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    # One fused kernel for all adapter tensors on a GPU: the per-tensor loop cost as much as a UNet pass.
+    optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.learning_rate, weight_decay=0.0,
+                                  fused=denoiser.device.type == "cuda")
     batch = config.batch_size
     losses, forget_losses, retain_losses = [], [], []
-    with adapters.attached(denoiser.unet):
+    blocks = denoiser.blocks if config.gradient_checkpointing else ()
+    with adapters.attached(denoiser.unet), recomputed_in_backward(blocks):
         for step in range(config.steps):
             forget_batch = forget.pick(batch, generator)
             retain_batch = retain.pick(batch, generator)

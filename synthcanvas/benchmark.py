@@ -232,7 +232,7 @@ class Eraser:
                                                                 s.samples, 64, 0)[0]
         result = nodes["SpareTrainAdapter"]().train(
             self.model, self.clip, forget, surrogate, retain_text, s.rank, float(s.rank), s.train_steps,
-            s.learning_rate, 1.0 if retain else 0.0, 2, s.samples, 64, 0, saliency, timesteps)["result"]
+            s.learning_rate, 1.0 if retain else 0.0, 2, s.samples, 64, 0, saliency=saliency, timesteps=timesteps)["result"]
         adapter, model = result[0], result[1]
         with tempfile.TemporaryDirectory() as folder:
             from spare_core.adapter import save_adapter

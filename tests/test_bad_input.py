@@ -50,6 +50,7 @@ def test_prompts_are_one_per_line():
     (lambda: TrainConfig(rank=-2), r"rank must be a positive integer, got -2"),
     (lambda: TrainConfig(steps=0), r"steps must be a positive integer, got 0"),
     (lambda: TrainConfig(learning_rate=float("nan")), r"learning_rate must be > 0"),
+    (lambda: TrainConfig(gradient_checkpointing="yes"), r"gradient_checkpointing must be true or false, got 'yes'"),
     (lambda: SaliencyConfig(module_fraction=0.0), r"module_fraction must be in \(0, 1\], got 0.0"),
     (lambda: SaliencyConfig(module_fraction=1.5), r"module_fraction must be in \(0, 1\], got 1.5"),
     (lambda: SaliencyConfig(row_fraction=-0.1), r"row_fraction must be in \(0, 1\]"),

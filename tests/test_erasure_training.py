@@ -103,3 +103,29 @@ def test_non_finite_loss_stops_with_the_step_and_leaves_the_model_untouched(brid
             train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, forget,
                           TrainConfig(steps=10), seed=0, loss_hook=poison)
     assert_bit_identical(small_sd15, snapshot)
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(bridge, small_sd15, erasure):
+    prompts, forget, retain, saliency, _, _ = erasure
+    with bridge.denoiser_session(small_sd15) as denoiser:
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
+        assert denoiser.blocks, "the bridge must name the UNet's blocks"
+        # The last block lies after the adapted layers, so backward reaches it (blocks before them need none).
+        inner = next(m for m in denoiser.blocks[-1].modules() if isinstance(m, torch.nn.Conv2d))
+        runs = {}
+        for checkpointing in (False, True):
+            calls = []
+            handle = inner.register_forward_hook(lambda *args: calls.append(1))
+            try:
+                runs[checkpointing] = train_adapter(
+                    denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
+                    TrainConfig(steps=3, learning_rate=1e-2, gradient_checkpointing=checkpointing), seed=0)
+            finally:
+                handle.remove()
+            runs[checkpointing, "calls"] = len(calls)
+    # Recompute runs the block again in each backward: one extra call per step.
+    assert runs[True, "calls"] == runs[False, "calls"] + 3
+    assert runs[True].losses == pytest.approx(runs[False].losses, rel=1e-5)
+    for key, value in runs[False].state_dict.items():
+        torch.testing.assert_close(runs[True].state_dict[key], value, rtol=1e-4, atol=1e-6)
+    assert not any(hasattr(block, "__dict__") and "forward" in block.__dict__ for block in denoiser.blocks)

@@ -96,3 +96,20 @@ def test_round_trip_through_kohya_state_dict():
         actual = model(*inputs())
     for a, b in zip(expected, actual):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("path", ["proj", "conv"])
+def test_half_precision_model_gets_a_matching_update_and_float32_gradients(path):
+    model = TwoLayers()
+    lora_set = SparseLoRASet(model, rank=2, alpha=2.0, row_masks={path: None}, seed=0)
+    adapter = lora_set.adapters[0]
+    with torch.no_grad():
+        adapter.up.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    x = inputs()[0 if path == "proj" else 1]
+    reference = adapter.delta_output(x)
+    half = adapter.delta_output(x.to(torch.bfloat16))
+    assert half.dtype == torch.bfloat16, "the update is computed in the model's dtype"
+    assert (half.float() - reference).norm() <= 1e-2 * reference.norm()
+    half.float().square().sum().backward()
+    assert adapter.up.grad.dtype == torch.float32 and adapter.down.grad.dtype == torch.float32
+    assert adapter.up.grad.abs().sum() > 0
