@@ -82,7 +82,8 @@ def test_stock_loader_and_ksampler_draw_recognisable_objects_and_styles(comfy, s
     objects, styles = evaluation.classify(images)
     want_objects = torch.tensor([OBJECTS.index(o) for o, _ in pairs]).repeat_interleave(4)
     want_styles = torch.tensor([STYLES.index(s) for _, s in pairs]).repeat_interleave(4)
-    # Measured: 16 of 16 each here; over all 64 pairs (docs/synthcanvas.md) styles 98 %, objects 89 % (chance: 12.5 %).
+    # Over all 64 pairs (docs/synthcanvas.md) the shipped model draws the asked style 99 % and object 94 % of the
+    # time (chance: 12.5 %); the margins leave room for a sampler that differs slightly between ComfyUI versions.
     assert (styles == want_styles).sum() >= 14, styles.tolist()
     assert (objects == want_objects).sum() >= 12, objects.tolist()
 
