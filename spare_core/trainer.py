@@ -69,6 +69,8 @@ def recomputed_in_backward(blocks: tuple[nn.Module, ...]):
     """Gradient checkpointing: while gradients are on, each block keeps only its inputs and recomputes its
     activations during backward. Non-reentrant checkpointing runs the adapter hooks again on recompute, so the
     recomputed block is the one that ran. Teacher passes (no gradients) run the blocks as they are."""
+    # A forward set on the instance by someone else (another node pack's patch) is wrapped and put back after.
+    own_forwards = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
         def run(*args, _forward=block.forward, **kwargs):
             if torch.is_grad_enabled():
@@ -78,8 +80,11 @@ def recomputed_in_backward(blocks: tuple[nn.Module, ...]):
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward  # the class's forward again
+        for block, own in zip(blocks, own_forwards):
+            if own is None:
+                del block.forward  # the class's forward again
+            else:
+                block.forward = own
 
 
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
