@@ -28,6 +28,9 @@ from .render import OBJECTS, SIZE as RESOLUTION, STYLES, TRAIN_TEMPLATES, captio
 
 log = logging.getLogger("spare.synthcanvas")
 SD1_LATENT_SCALE = 0.18215  # SD1.x latent format: ComfyUI multiplies VAE latents by this before the UNet
+# Weights-file metadata: how the file was trained, stage by stage, so a file made over several runs
+# (--reuse-vae, --init-unet) still says where each part came from.
+STAGES, VAE_STAGES, UNET_STAGES = "spare.stages", "spare.vae_stages", "spare.unet_stages"
 
 
 @dataclass
@@ -324,6 +327,33 @@ def load_vae(path: Path, device):
     return vae.to(device).eval()
 
 
+def vae_history(plan: TrainingPlan, reused: str | None = None, decoder: bool = True) -> str:
+    """What the VAE went through: the history ``reused`` from an earlier file, or this plan's train_vae; then this
+    plan's decoder stage, if it has one."""
+    history = reused or f"vae: train_vae {plan.vae_steps} steps (batch {plan.vae_batch}, {plan.vae_crop} px crops, " \
+                        f"lr {plan.vae_lr:g})"
+    if decoder and plan.decoder_steps > 0:
+        history += f", then finetune_decoder {plan.decoder_steps} steps ({plan.decoder_crop} px crops)"
+    return history
+
+
+def unet_history(plan: TrainingPlan, steps_done: int, earlier: str | None = None) -> str:
+    """What the UNet went through: the steps really done (max_minutes may stop a run early, in the middle of a
+    schedule laid out for the planned steps), after the ``earlier`` history when training continued a file."""
+    stage = f"train_unet {steps_done} steps (batch {plan.unet_batch}, lr {plan.unet_lr:g})"
+    if steps_done < plan.unet_steps:
+        stage += f" of {plan.unet_steps} planned, stopped by --max-minutes {plan.max_minutes:g}"
+    if earlier is None:
+        return f"unet: {stage} from a fresh initialisation"
+    return f"{earlier}; then {stage} from those weights (--init-unet)"
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as opened:
+        return opened.metadata() or {}
+
+
 def earlier_unet(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The UNet tensors (checkpoint keys, as stored) and metadata of a demo-model weights file."""
     from safetensors import safe_open
@@ -356,22 +386,24 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
 
     if reuse_vae:
         vae, timings["vae_s"] = load_vae(reuse_vae, device), 0.0
+        earlier_vae = _metadata(reuse_vae).get(VAE_STAGES, f"vae: reused from {reuse_vae.name}")
+        vae_stages = vae_history(plan, reused=earlier_vae)
         report(f"vae: reused {reuse_vae}")
     else:
         vae, timings["vae_s"] = train_vae(images, plan, device, report)
+        # vae.safetensors is written before the decoder stage, so its history stops at train_vae.
         demo_model.write_atomically({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()},
-                                    work / "vae.safetensors")
+                                    work / "vae.safetensors", metadata={VAE_STAGES: vae_history(plan, decoder=False)})
+        vae_stages = vae_history(plan)
     timings["decoder_s"] = round(finetune_decoder(vae, images, plan, device, report), 1)
     timings["vae_reconstruction_accuracy"] = reconstruction_accuracy(vae, device)
     report(f"vae: classifier on reconstructions {timings['vae_reconstruction_accuracy']}")
     if reuse_unet:
-        return _with_reused_unet(vae, reuse_unet, work, plan, timings, report)
+        return _with_reused_unet(vae, vae_stages, reuse_unet, work, plan, timings, report)
     vae_state = {demo_model.VAE_PREFIX + k: v.detach().cpu() for k, v in vae.state_dict().items()}
-    stages = f"unet: train_unet {plan.unet_steps} steps from a fresh initialisation"
     if init_unet:
         unet_state, earlier = earlier_unet(init_unet)
-        stages = f"{earlier.get('spare.stages', 'earlier weights')}; then train_unet {plan.unet_steps} more steps " \
-                 f"at lr {plan.unet_lr:g} from those weights (--init-unet)"
+        earlier_stages = earlier.get(UNET_STAGES) or earlier.get(STAGES, "earlier weights")
         report(f"unet: starting from {init_unet} ({len(unet_state)} tensors)")
     else:
         unet_state = initial_unet_state(plan.seed)
@@ -397,23 +429,29 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
     caption_index = pair_rows.T.reshape(-1)
 
     unet, timings["unet_steps_done"], timings["unet_s"] = train_unet(model, latents, caption_index, contexts, plan, device, report)
+    unet_stages = unet_history(plan, timings["unet_steps_done"], earlier_stages if init_unet else None)
     weights = demo_model.unet_vae_state(unet, vae)
     text_encoder = demo_model.fingerprint(demo_model.text_encoder_state())
     path = demo_model.write_atomically(weights, work / "demo_model.safetensors",
                                        metadata={"spare.training_plan": json.dumps(asdict(plan)),
-                                                 "spare.stages": stages,
+                                                 STAGES: f"{vae_stages}; {unet_stages}",
+                                                 VAE_STAGES: vae_stages, UNET_STAGES: unet_stages,
                                                  "spare.text_encoder_sha256": text_encoder,
                                                  "spare.caption_tokens_sha256": timings["caption_tokens_sha256"]})
     timings["weights_mb"] = round(path.stat().st_size / 1e6, 2)
     return {"weights": str(path), "timings": timings, "plan": asdict(plan)}
 
 
-def _with_reused_unet(vae, reuse_unet: Path, work: Path, plan: TrainingPlan, timings: dict, report) -> dict:
+def _with_reused_unet(vae, vae_stages: str, reuse_unet: Path, work: Path, plan: TrainingPlan, timings: dict,
+                      report) -> dict:
     unet, metadata = earlier_unet(reuse_unet)
+    unet_stages = metadata.get(UNET_STAGES) or \
+        f"unet: reused from {reuse_unet.name} ({metadata.get(STAGES, 'no record')})"
     report(f"unet: reused {reuse_unet} ({len(unet)} tensors)")
     vae_part = {k: v for k, v in demo_model.unet_vae_state(torch.nn.Module(), vae).items()
                 if k.startswith(demo_model.VAE_PREFIX)}
-    metadata = {**metadata, "spare.training_plan": json.dumps(asdict(plan)),
+    metadata = {**metadata, "spare.training_plan": json.dumps(asdict(plan)), STAGES: f"{vae_stages}; {unet_stages}",
+                VAE_STAGES: vae_stages, UNET_STAGES: unet_stages,
                 "spare.text_encoder_sha256": demo_model.fingerprint(demo_model.text_encoder_state())}
     path = demo_model.write_atomically({**unet, **vae_part}, work / "demo_model.safetensors", metadata=metadata)
     timings["weights_mb"] = round(path.stat().st_size / 1e6, 2)

@@ -58,6 +58,26 @@ def test_training_can_continue_from_the_shipped_weights(comfy, tmp_path):
         training.earlier_unet(vae_only)
 
 
+def test_training_history_names_the_steps_really_done():
+    """A model trained over several runs (--reuse-vae, --init-unet, a run cut short by --max-minutes) says in its
+    metadata what each part went through: the steps done, not the steps planned."""
+    from synthcanvas import training
+    cut_short = training.TrainingPlan(vae_steps=2, vae_batch=4, decoder_steps=1, unet_steps=3, unet_batch=4,
+                                      max_minutes=0.5)
+    vae = training.vae_history(cut_short)
+    assert vae == "vae: train_vae 2 steps (batch 4, 32 px crops, lr 0.002), then finetune_decoder 1 steps (32 px crops)"
+    assert training.vae_history(cut_short, decoder=False) == "vae: train_vae 2 steps (batch 4, 32 px crops, lr 0.002)"
+    unet = training.unet_history(cut_short, steps_done=1)
+    assert unet == "unet: train_unet 1 steps (batch 4, lr 0.001) of 3 planned, stopped by --max-minutes 0.5 " \
+                   "from a fresh initialisation"
+
+    continued = training.TrainingPlan(decoder_steps=0, unet_steps=2, unet_batch=4, unet_lr=4e-4)
+    assert training.vae_history(continued, reused=vae) == vae
+    assert training.unet_history(continued, steps_done=2, earlier=unet) == \
+        unet + "; then train_unet 2 steps (batch 4, lr 0.0004) from those weights (--init-unet)"
+
+
+
 def _generation_prompt(checkpoint, pairs, seed):
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
               "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
