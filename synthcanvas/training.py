@@ -348,6 +348,10 @@ def unet_history(plan: TrainingPlan, steps_done: int, earlier: str | None = None
     return f"{earlier}; then {stage} from those weights (--init-unet)"
 
 
+def history_metadata(vae_stages: str, unet_stages: str) -> dict[str, str]:
+    return {VAE_STAGES: vae_stages, UNET_STAGES: unet_stages, STAGES: f"{vae_stages}; {unet_stages}"}
+
+
 def _metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
     with safe_open(str(path), "pt") as opened:
@@ -406,7 +410,7 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
         earlier_stages = earlier.get(UNET_STAGES) or earlier.get(STAGES, "earlier weights")
         report(f"unet: starting from {init_unet} ({len(unet_state)} tensors)")
     else:
-        unet_state = initial_unet_state(plan.seed)
+        unet_state, earlier_stages = initial_unet_state(plan.seed), None
     initial = {**unet_state, **vae_state}
 
     started = time.perf_counter()
@@ -429,13 +433,12 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
     caption_index = pair_rows.T.reshape(-1)
 
     unet, timings["unet_steps_done"], timings["unet_s"] = train_unet(model, latents, caption_index, contexts, plan, device, report)
-    unet_stages = unet_history(plan, timings["unet_steps_done"], earlier_stages if init_unet else None)
+    unet_stages = unet_history(plan, timings["unet_steps_done"], earlier_stages)
     weights = demo_model.unet_vae_state(unet, vae)
     text_encoder = demo_model.fingerprint(demo_model.text_encoder_state())
     path = demo_model.write_atomically(weights, work / "demo_model.safetensors",
                                        metadata={"spare.training_plan": json.dumps(asdict(plan)),
-                                                 STAGES: f"{vae_stages}; {unet_stages}",
-                                                 VAE_STAGES: vae_stages, UNET_STAGES: unet_stages,
+                                                 **history_metadata(vae_stages, unet_stages),
                                                  "spare.text_encoder_sha256": text_encoder,
                                                  "spare.caption_tokens_sha256": timings["caption_tokens_sha256"]})
     timings["weights_mb"] = round(path.stat().st_size / 1e6, 2)
@@ -450,8 +453,8 @@ def _with_reused_unet(vae, vae_stages: str, reuse_unet: Path, work: Path, plan: 
     report(f"unet: reused {reuse_unet} ({len(unet)} tensors)")
     vae_part = {k: v for k, v in demo_model.unet_vae_state(torch.nn.Module(), vae).items()
                 if k.startswith(demo_model.VAE_PREFIX)}
-    metadata = {**metadata, "spare.training_plan": json.dumps(asdict(plan)), STAGES: f"{vae_stages}; {unet_stages}",
-                VAE_STAGES: vae_stages, UNET_STAGES: unet_stages,
+    metadata = {**metadata, **history_metadata(vae_stages, unet_stages),
+                "spare.training_plan": json.dumps(asdict(plan)),
                 "spare.text_encoder_sha256": demo_model.fingerprint(demo_model.text_encoder_state())}
     path = demo_model.write_atomically({**unet, **vae_part}, work / "demo_model.safetensors", metadata=metadata)
     timings["weights_mb"] = round(path.stat().st_size / 1e6, 2)
