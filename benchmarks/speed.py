@@ -166,7 +166,10 @@ def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
             saliency = SaliencyMap({n: 1.0 for n in names}, names, {n: None for n in names}, 1.0, 1.0)
         else:
             with timed(stages, "saliency"):
-                saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(), seed=0)
+                # The sparse path (half the modules, the SPARE reference's fraction); the Train node's default
+                # adapts every module, which is the dense_lora row's adapter.
+                saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(module_fraction=0.5),
+                                            seed=0)
         with timed(stages, "timesteps"):
             timesteps = select_timesteps(denoiser, forget, cond["surrogate"], TimestepConfig(), seed=0)
         with timed(stages, "train"):

@@ -189,7 +189,7 @@ def training_steps(bridge, model, cond, prepared, settings, lever: str) -> dict:
                          **(config_changes[0] if config_changes else {}))
     stamps = []
 
-    def stamp(step, loss):
+    def stamp(step, loss, check=None):
         speed.synchronize()
         stamps.append(time.perf_counter())
     speed.reset_memory()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from ..spare_core import comfy_bridge, pipeline
-from ..spare_core.prompts import ErasurePrompts
+from ..spare_core.prompts import PHRASE_RULE, ErasurePrompts
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
 
@@ -19,18 +19,25 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from (SD1.x, SD2.x or SDXL). It is never modified."})
 CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
 FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
-                           "tooltip": "The concept to erase, one prompt per line (e.g. 'a painting in the style of Van Gogh')."})
+                           "tooltip": "The concept to erase: a phrase such as 'Van Gogh style' or 'a cat', or full prompts, "
+                                      "one per line. " + PHRASE_RULE})
 SURROGATE_INPUT = ("STRING", {"multiline": True, "default": "a painting",
-                              "tooltip": "What the concept should turn into (e.g. 'a painting' for a style, 'a dog' for an "
-                                         "object): one line for every forget prompt, or one line per forget prompt in the "
-                                         "same order. Empty = the unconditional prediction."})
+                              "tooltip": "What the concept should turn into: a phrase for a concept phrase ('pastel style', "
+                                         "'a painting' for a style, 'a dog' for 'a cat'); for full prompts one line for all of "
+                                         "them, or one line per forget prompt in the same order. Empty = the unconditional "
+                                         "prediction."})
 RETAIN_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept protect "
-                                      "best. Empty = keep the model's unconditional prediction."})
-SAMPLES_INPUT = ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": help_text(SampleConfig, "samples_per_prompt")})
-RESOLUTION_INPUT = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                            "tooltip": "Side in pixels of the square sample images the model draws for itself "
-                                       "(512 for SD1.x, 768 for SD2.x, 1024 for SDXL)."})
+                                      "best. With a concept phrase, short lines are phrases too ('Monet style', 'a dog'): they "
+                                      "are expanded like the concept and give it its context (a style is drawn on the "
+                                      "retained subjects, a subject in the retained styles). Empty = keep the model's "
+                                      "unconditional prediction."})
+SAMPLES_INPUT = ("INT", {"default": SampleConfig().samples_per_prompt, "min": 1, "max": 64,
+                         "tooltip": help_text(SampleConfig, "samples_per_prompt")})
+RESOLUTION_INPUT = ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
+                            "tooltip": "Side in pixels of the square sample images the model draws for itself. 0 = the "
+                                       "model's native size (SD1.x 512, SD2.x 768 or 512, SDXL 1024, the SynthCanvas demo "
+                                       "model 64)."})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed for sample latents, noise and adapter initialisation."})
 LATENT_INPUT = ("LATENT", {"tooltip": "Optional: VAE-encoded images of the concept to use instead of self-generated samples."})
 
@@ -39,8 +46,9 @@ def _fraction(config_class, name: str, default: float):
     return ("FLOAT", {"default": default, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": help_text(config_class, name)})
 
 
-def _samples(samples: int, resolution: int) -> SampleConfig:
-    return SampleConfig(samples_per_prompt=samples, width=resolution, height=resolution)
+def _samples(model, samples: int, resolution: int) -> SampleConfig:
+    side = resolution or comfy_bridge.native_resolution(model)
+    return SampleConfig(samples_per_prompt=samples, width=side, height=side)
 
 
 def _with_adapter_info(adapter, result: tuple) -> dict:
@@ -65,8 +73,8 @@ class SpareComputeSaliency:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompts": FORGET_INPUT, "retain_prompts": RETAIN_INPUT,
-            "module_fraction": _fraction(SaliencyConfig, "module_fraction", 0.5),
-            "row_fraction": _fraction(SaliencyConfig, "row_fraction", 1.0),
+            "module_fraction": _fraction(SaliencyConfig, "module_fraction", SaliencyConfig().module_fraction),
+            "row_fraction": _fraction(SaliencyConfig, "row_fraction", SaliencyConfig().row_fraction),
             "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
         }, "optional": {"forget_latents": LATENT_INPUT}}
 
@@ -74,7 +82,7 @@ class SpareComputeSaliency:
                 resolution, seed, forget_latents=None):
         prompts = ErasurePrompts.parse(forget_prompts, None, retain_prompts)
         config = SaliencyConfig(module_fraction=module_fraction, row_fraction=row_fraction)
-        return pipeline.saliency_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
+        return pipeline.saliency_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                            _latents(model, forget_latents))
 
 
@@ -102,7 +110,7 @@ class SpareTimestepSelector:
                resolution, seed):
         prompts = ErasurePrompts.parse(forget_prompt, surrogate_prompt)
         config = TimestepConfig(bins=bins, temperature=temperature, top_fraction=top_fraction)
-        return pipeline.timesteps_for_model(model, clip, prompts, _samples(samples, resolution), config, seed)
+        return pipeline.timesteps_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed)
 
 
 class SpareTrainAdapter:
@@ -118,20 +126,22 @@ class SpareTrainAdapter:
 
     @classmethod
     def INPUT_TYPES(cls):
-        def number(kind, name, default, low, high, step=None):
-            spec = {"default": default, "min": low, "max": high, "tooltip": help_text(TrainConfig, name)}
+        defaults = TrainConfig()
+
+        def number(kind, name, low, high, step=None):
+            spec = {"default": getattr(defaults, name), "min": low, "max": high, "tooltip": help_text(TrainConfig, name)}
             if step is not None:
                 spec["step"] = step
             return (kind, spec)
         return {"required": {
             "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompts": FORGET_INPUT,
             "surrogate_prompt": SURROGATE_INPUT, "retain_prompts": RETAIN_INPUT,
-            "rank": number("INT", "rank", 4, 1, 128),
-            "alpha": number("FLOAT", "alpha", 4.0, 0.01, 256.0, 0.01),
-            "steps": number("INT", "steps", 200, 1, 100000),
-            "learning_rate": number("FLOAT", "learning_rate", 1e-4, 1e-7, 1.0, 1e-5),
-            "retain_weight": number("FLOAT", "retain_weight", 1.0, 0.0, 100.0, 0.05),
-            "batch_size": number("INT", "batch_size", 2, 1, 64),
+            "rank": number("INT", "rank", 1, 128),
+            "alpha": number("FLOAT", "alpha", 0.01, 256.0, 0.01),
+            "steps": number("INT", "steps", 1, 100000),
+            "learning_rate": number("FLOAT", "learning_rate", 1e-7, 1.0, 1e-5),
+            "retain_weight": number("FLOAT", "retain_weight", 0.0, 100.0, 0.05),
+            "batch_size": number("INT", "batch_size", 1, 64),
             "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
         }, "optional": {
             # Optional so that workflows saved before it existed still validate.
@@ -140,16 +150,22 @@ class SpareTrainAdapter:
             "saliency": (SALIENCY, {"tooltip": "From Compute Saliency Mask; computed with defaults when not connected."}),
             "timesteps": (TIMESTEPS, {"tooltip": "From Timestep Selector; computed with defaults when not connected."}),
             "forget_latents": LATENT_INPUT,
+            "erase_target": ("FLOAT", {"default": defaults.erase_target or 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Train until this share of the concept→surrogate gap is closed, checked "
+                                                  "on held-out noise every few steps; 'steps' is then the cap. 0 = always "
+                                                  "train all steps."}),
         }}
 
     def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
               retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
-              forget_latents=None, gradient_checkpointing=False):
+              forget_latents=None, gradient_checkpointing=False, erase_target=None):
         prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
+        if erase_target is None:  # a workflow saved before the input existed
+            erase_target = TrainConfig().erase_target
         config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size,
-                             gradient_checkpointing=gradient_checkpointing)
-        trained = pipeline.train_for_model(model, clip, prompts, _samples(samples, resolution), config, seed,
+                             gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None)
+        trained = pipeline.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                            saliency, timesteps, _latents(model, forget_latents))
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
 

@@ -124,6 +124,11 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "base_model": value("base_model"),
         "created": value("created"),
         "modules": value("modules"),
+        "concept": value("concept", ""),
+        "surrogate_concept": value("surrogate_concept", ""),
+        "steps_done": value("steps_done"),
+        "gap_closed": value("erasure_gap_closed"),
+        "retain_drift": value("erasure_retain_drift"),
     }
 
 

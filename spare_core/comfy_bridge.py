@@ -57,6 +57,19 @@ def model_family(model) -> str:
                      f"{SUPPORTED_MODELS}")
 
 
+def native_resolution(model) -> int:
+    """The image side the model was trained at: SD1.x 512, SD2.x 768 (v-prediction) or 512, SDXL 1024, and 64 for
+    the SD1-layout models narrower than SD1.5 that the pack registers (its SynthCanvas demo and test models)."""
+    family = model_family(model)
+    if family == "sdxl":
+        return 1024
+    if getattr(model.model.model_config, "spare_compact_sd1", False):
+        return 64
+    if family == "sd2" and model.model.model_type == comfy.model_base.ModelType.V_PREDICTION:
+        return 768
+    return 512
+
+
 def _latent_channels(base) -> int:
     # The 2024 latent formats do not declare their channel count; all of its SD families use 4.
     return getattr(base.latent_format, "latent_channels", 4)
@@ -111,7 +124,11 @@ def encode_prompts(model, clip, prompts: Sequence[str], width: int, height: int,
                          f"your checkpoint loader (this checkpoint may have no text encoder)")
     contexts, pooled = [], []
     for prompt in prompts:
-        cond, pool = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+        tokens = clip.tokenize(prompt)
+        if any(len(chunks) > 1 for chunks in tokens.values()):
+            raise ValueError(f"{input_name}: {prompt[:80]!r} is longer than one 75-token CLIP chunk; SPARE needs "
+                             f"each prompt (and a concept phrase with its caption template) to fit in one")
+        cond, pool = clip.encode_from_tokens(tokens, return_pooled=True)
         contexts.append(cond)
         pooled.append(pool)
     lengths = {c.shape[1] for c in contexts}
@@ -242,17 +259,24 @@ class StepReporter:
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update(1)
 
+    def skip(self, steps: int) -> None:
+        """Count steps of a stage that did not need to run, so the bar still ends full."""
+        for _ in range(steps):
+            self()
+
     def training(self, total_steps: int):
         """A per-step callback for the training loop that also pushes (step, loss) to the browser, where the
         web extension draws the live loss curve on the node."""
         prompt_server = _prompt_server()
         node = getattr(prompt_server, "last_node_id", None)
 
-        def report(step: int, loss: float) -> None:
+        def report(step: int, loss: float, check=None) -> None:
             self()
             if prompt_server is not None:
-                prompt_server.send_sync(PROGRESS_EVENT, {"node": node, "step": step + 1, "total": total_steps,
-                                                         "loss": loss}, prompt_server.client_id)
+                event = {"node": node, "step": step + 1, "total": total_steps, "loss": loss}
+                if check is not None:
+                    event.update(gap_closed=check.gap_closed, retain_drift=check.retain_drift)
+                prompt_server.send_sync(PROGRESS_EVENT, event, prompt_server.client_id)
         return report
 
 

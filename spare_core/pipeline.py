@@ -17,7 +17,7 @@ from .adapter import ErasureAdapter, build_metadata
 from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from .denoiser import Conditioning, Denoiser
 from .prompts import ErasurePrompts
-from .saliency import SaliencyMap, block_of, compute_saliency
+from .saliency import SaliencyMap, block_of, compute_saliency, every_module
 from .samples import ConceptSamples, generate_samples
 from .timesteps import TimestepDistribution, select_timesteps
 from .trainer import TrainResult, train_adapter
@@ -84,11 +84,12 @@ class TrainedErasure:
 
 def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
                     saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
-                    forget_latents: Optional[torch.Tensor] = None, loss_hook=None) -> TrainedErasure:
-    """Train the erasure; stages not given are computed here with their default settings."""
+                    forget_latents: Optional[torch.Tensor] = None, loss_hook=None,
+                    saliency_config: SaliencyConfig = SaliencyConfig(),
+                    timestep_config: TimestepConfig = TimestepConfig()) -> TrainedErasure:
+    """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``."""
     family = comfy_bridge.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
-    saliency_config, timestep_config = SaliencyConfig(), TimestepConfig()
     total = (_generation_steps(samples, True, forget_latents) + config.steps
              + (saliency_config.draws if saliency is None else 0)
              + (timestep_config.bins if timesteps is None else 0))
@@ -96,22 +97,33 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     with comfy_bridge.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
         retain = generate_samples(denoiser, encoded.retain, encoded.uncond, samples, seed + 1, report)
-        if saliency is None:
+        if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
+            saliency = every_module(denoiser.unet)  # nothing to rank: skip the gradient passes
+            report.skip(saliency_config.draws)
+        elif saliency is None:
             saliency = compute_saliency(denoiser, forget, encoded.retain, saliency_config, seed, report)
         if timesteps is None:
             timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
         result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
                                report.training(config.steps), loss_hook)
+    check = result.final_check
     metadata = build_metadata(
         forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),
+        concept=prompts.concept, surrogate_concept=prompts.surrogate_concept,
+        surrogate_prompts=list(prompts.surrogates), steps_done=result.steps_done,
+        erasure_gap_closed=check.gap_closed, erasure_retain_drift=check.retain_drift,
+        erasure_concept_gap=round(check.concept_gap, 6),
+        erasure_checks=[[c.step, c.gap_closed, c.retain_drift] for c in result.checks],
         base_model=family, modules=len(saliency.selected), module_fraction=saliency.module_fraction,
         row_fraction=saliency.row_fraction, timestep_bin_edges=list(timesteps.bin_edges),
         timestep_probabilities=[round(p, 6) for p in timesteps.probabilities], seed=seed,
         final_loss=result.losses[-1], created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **asdict(config))
     adapter = ErasureAdapter(result.state_dict, metadata)
+    title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
+             f" · {result.steps_done} steps")
     return TrainedErasure(adapter, comfy_bridge.apply_adapter(model, adapter, 1.0),
-                          charts.line_chart(list(result.losses), "SPARE distillation loss"), result)
+                          charts.line_chart(list(result.losses), title), result)
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:

@@ -137,6 +137,12 @@ def _contrast_scores(rows: RowSaliency, per_row: bool) -> torch.Tensor:
     return (reduce(rows.difference) / total) * (reduce(rows.forget) / total)
 
 
+def every_module(unet: torch.nn.Module) -> SaliencyMap:
+    """Every adaptable module, whole: what saliency selects at module and row fraction 1, without its gradients."""
+    names = tuple(adaptable_modules(unet))
+    return SaliencyMap({n: 1.0 for n in names}, names, {n: None for n in names}, 1.0, 1.0)
+
+
 def compute_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: Optional[Conditioning],
                      config: SaliencyConfig, seed: int, on_draw: StepCallback = lambda draw: None) -> SaliencyMap:
     """SalUn saliency of the forget samples, blended (``retain_contrast``) with its contrast against the same

@@ -78,7 +78,7 @@ def select_timesteps(denoiser: Denoiser, forget: ConceptSamples, surrogate: Cond
     for k in range(config.bins):
         total = 0.0
         for _ in range(config.draws_per_bin):
-            batch = forget.pick(len(forget), generator)
+            batch = forget.pick(min(len(forget), config.samples_per_draw), generator)
             x0 = batch.latents.to(denoiser.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             index = torch.randint(edges[k], edges[k + 1], (x0.shape[0],), generator=generator)

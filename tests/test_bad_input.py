@@ -12,9 +12,9 @@ from spare_core.prompts import ErasurePrompts
 @pytest.mark.parametrize("forget, surrogate, retain, message", [
     ("", "a painting", "", "forget_prompts is empty"),
     ("  \n \n", "a painting", "", "forget_prompts is empty"),
-    ("a cat", "a cat", "", "surrogate_prompt 'a cat' equals a forget prompt"),
+    ("a cat", "a cat", "", "surrogate_prompt 'a cat' equals the concept phrase 'a cat'"),
     ("a cat\na kitten", " a kitten ", "", "surrogate_prompt 'a kitten' equals a forget prompt"),
-    ("a cat", "a dog", "a bird\na cat", "retain_prompts contains the forget prompt 'a cat'"),
+    ("a photo of a cat\na cat", "a dog", "a bird\na cat", "retain_prompts contains the forget prompt 'a cat'"),
     ("a cat\na dog\na fox", "a tiger\na wolf", "", "surrogate_prompt has 2 lines for 3 forget prompts"),
     ("a cat\na dog", "a dog\na wolf", "", None),
     ("a cat\na dog", "a tiger\na dog", "", "surrogate_prompt 'a dog' equals a forget prompt"),
@@ -41,7 +41,7 @@ def test_surrogate_lines_pair_with_forget_prompts():
 
 def test_prompts_are_one_per_line():
     prompts = ErasurePrompts.parse(" a cat \n\n a kitten\n", "a dog", "a bird\n")
-    assert prompts.forget == ("a cat", "a kitten") and prompts.retain == ("a bird",)
+    assert prompts.forget == ("a cat", "a kitten") and prompts.retain == ("a bird",)  # two lines: full prompts
     assert ErasurePrompts.parse("a cat", "").retain_or_unconditional == ("",)
 
 
@@ -57,6 +57,9 @@ def test_prompts_are_one_per_line():
     (lambda: TimestepConfig(top_fraction=2.0), r"top_fraction must be in \(0, 1\]"),
     (lambda: TimestepConfig(temperature=0.0), r"temperature must be > 0"),
     (lambda: SampleConfig(width=100), r"width must be a positive multiple of 8 pixels, got 100"),
+    (lambda: TrainConfig(erase_target=0.0), r"erase_target .* must be in \(0, 1\], got 0.0"),
+    (lambda: TrainConfig(erase_target=1.2), r"erase_target .* must be in \(0, 1\], got 1.2"),
+    (lambda: TrainConfig(erase_target=float("nan")), r"erase_target .* must be in \(0, 1\]"),
 ])
 def test_config_errors(make, message):
     with pytest.raises(ValueError, match=message):
@@ -153,3 +156,18 @@ def test_save_name_gets_the_extension_and_stays_in_models_loras(comfy, bridge):
 def test_loading_a_missing_adapter_names_the_file(bridge):
     with pytest.raises(FileNotFoundError, match=r"adapter file 'nope.safetensors' is not in models/loras"):
         bridge.lora_file_path("nope.safetensors")
+
+
+def test_resolution_0_means_the_models_native_size(comfy, bridge, sd15, small_sdxl, synthcanvas_checkpoint):
+    with torch.inference_mode():
+        demo = comfy.node("CheckpointLoaderSimple").load_checkpoint(synthcanvas_checkpoint)[0]
+    assert bridge.native_resolution(sd15[0]) == 512
+    assert bridge.native_resolution(small_sdxl) == 1024
+    assert bridge.native_resolution(demo) == 64  # a user of the demo model need not know it
+
+
+def test_a_prompt_longer_than_one_clip_chunk_is_named(bridge, sd15):
+    model, clip, _ = sd15
+    long_phrase = "supercalifragilistic" * 30  # one "word": a phrase by the word rule, 100+ tokens
+    with pytest.raises(ValueError, match=r"forget_prompts: 'a photo of supercal.* is longer than one 75-token CLIP chunk"):
+        bridge.encode_prompts(model, clip, [f"a photo of {long_phrase}"], 64, 64, "forget_prompts")

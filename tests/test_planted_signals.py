@@ -49,7 +49,7 @@ def test_retain_contrast_drops_modules_shared_with_retained_concepts(planted):
 
 def test_row_saliency_finds_the_planted_rows(planted):
     denoiser, forget, retain = planted
-    config = SaliencyConfig(module_fraction=2 / 9, row_fraction=4 / 16)
+    config = SaliencyConfig(module_fraction=2 / 9, row_fraction=4 / 16, retain_contrast=1.0)
     result = compute_saliency(denoiser, samples_for(forget), retain, config, seed=0)
     for branch, rows in PLANTED_ROWS.items():
         mask = result.row_masks[f"branches.{branch}"]

@@ -27,11 +27,18 @@ export function adapterSummary(info) {
   // Text lines for an adapter description from the server; copes with missing or malformed metadata.
   if (!info || typeof info !== "object") return ["no adapter details"];
   if (info.is_spare === false && !(info.forget_prompts || []).length) return ["LoRA without SPARE metadata"];
-  const forget = Array.isArray(info.forget_prompts) ? info.forget_prompts.join(" | ") : String(info.forget_prompts ?? "?");
-  const lines = [`erases: ${forget || "?"}`, `→ ${info.surrogate_prompt || "(unconditional)"}`];
+  const forget = info.concept ? String(info.concept)
+    : Array.isArray(info.forget_prompts) ? info.forget_prompts.join(" | ") : String(info.forget_prompts ?? "?");
+  const surrogate = info.concept ? info.surrogate_concept : info.surrogate_prompt;
+  const lines = [`erases: ${forget || "?"}`, `→ ${surrogate || "(unconditional)"}`];
+  if (typeof info.gap_closed === "number") {
+    const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
+    lines.push(`erasure check: ${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`);
+  }
   const facts = [];
   if (info.rank != null) facts.push(`rank ${info.rank}`);
-  if (info.steps != null) facts.push(`${info.steps} steps`);
+  if (info.steps_done != null) facts.push(`${info.steps_done} steps`);
+  else if (info.steps != null) facts.push(`${info.steps} steps`);
   if (info.base_model) facts.push(String(info.base_model));
   if (info.created) facts.push(String(info.created).slice(0, 10));
   if (facts.length) lines.push(facts.join(" · "));
@@ -68,7 +75,8 @@ function drawLossCurve(ctx, node, progress, top) {
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
   const last = losses[losses.length - 1];
-  ctx.fillText(`step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}`, 8, top + height + 18);
+  const gap = progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
+  ctx.fillText(`step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}${gap}`, 8, top + height + 18);
   ctx.restore();
 }
 
@@ -84,12 +92,23 @@ app.registerExtension({
       node.spareProgress.step = detail.step;
       node.spareProgress.total = detail.total;
       node.spareProgress.losses.push(Number(detail.loss));
+      // The held-out erasure check arrives every few steps: share of the concept→surrogate gap closed.
+      if (typeof detail.gap_closed === "number") node.spareProgress.gapClosed = detail.gap_closed;
       growFor(node, "spareProgressRoom");
       node.setDirtyCanvas(true, true);
     });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== TRAIN_NODE) return;
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      // The final erasure check of the finished adapter, also when no live events were seen (another tab).
+      const info = message?.spare_adapter?.[0];
+      if (typeof info?.gap_closed !== "number") return;
+      this.spareProgress ??= { step: info.steps_done ?? 0, total: info.steps_done ?? 0, losses: [] };
+      this.spareProgress.gapClosed = info.gap_closed;
+      growFor(this, "spareProgressRoom");
+      this.setDirtyCanvas(true, true);
+    });
     chain(nodeType.prototype, "onDrawForeground", function (ctx) {
       if (this.spareProgress && !this.flags?.collapsed) drawLossCurve(ctx, this, this.spareProgress, this.size[1] - PANEL_HEIGHT);
     });
