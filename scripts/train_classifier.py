@@ -3,6 +3,7 @@
     python scripts/train_classifier.py                       # 200 seeds × 64 concepts, 10 epochs
     python scripts/train_classifier.py --adapt-to-demo-vae   # ... then 2 epochs with the demo VAE's round trips
     python scripts/train_classifier.py --adapt-to-demo-vae --skip-base   # only the second stage, from the shipped weights
+    python scripts/train_classifier.py --adapt-to-demo-vae --skip-base --hybrids --seeds 100   # the shipped judge
 
 Prints held-out accuracy on renders (and on their demo-VAE round trips when adapting).
 """
@@ -31,6 +32,9 @@ def main() -> int:
                         help="then fine-tune on renders plus their round trips through the demo model's VAE")
     parser.add_argument("--adapt-epochs", type=int, default=2)
     parser.add_argument("--skip-base", action="store_true", help="start the adaptation from the shipped weights")
+    parser.add_argument("--hybrids", action="store_true",
+                        help="adapt on hybrid renders too (strokes of one style on another's background, labelled by "
+                             "the strokes), so that a partial erasure that changes only the background is not counted")
     parser.add_argument("--vae-weights", type=Path, default=None,
                         help="TAESD weights to adapt to (default: the VAE in synthcanvas/weights/demo_model.safetensors)")
     args = parser.parse_args()
@@ -40,16 +44,21 @@ def main() -> int:
     round_trip = None
     if args.adapt_to_demo_vae:
         round_trip = demo_vae_round_trip(args.vae_weights)
-        model = classifier.adapt(model, round_trip, seeds=args.seeds, epochs=args.adapt_epochs, report=print)
+        model = classifier.adapt(model, round_trip, seeds=args.seeds, epochs=args.adapt_epochs, report=print,
+                                 hybrids=args.hybrids)
     object_accuracy, style_accuracy = classifier.accuracy(model.eval(), held_out)
     classifier.save(model)
     print(f"trained in {time.perf_counter() - started:.0f} s; held-out renders ({len(held_out) * 64}): "
           f"object accuracy {object_accuracy:.4f}, style accuracy {style_accuracy:.4f}")
+    hybrid_objects, hybrid_styles = classifier.accuracy(model.eval(), held_out, hybrids=True)
+    print(f"held-out hybrids ({len(held_out) * 64}, style = the strokes' style): object accuracy "
+          f"{hybrid_objects:.4f}, style accuracy {hybrid_styles:.4f}")
     if round_trip is not None:
-        images, objects, styles = classifier.render_set(held_out)
-        with torch.no_grad():
-            decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
-        print(f"held-out renders after the demo VAE: {classifier.accuracy_on(decoded, objects, styles, model)}")
+        for name, make in (("renders", classifier.render_set), ("hybrids", classifier.hybrid_set)):
+            images, objects, styles = make(held_out)
+            with torch.no_grad():
+                decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
+            print(f"held-out {name} after the demo VAE: {classifier.accuracy_on(decoded, objects, styles, model)}")
     return 0
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .render import OBJECTS, STYLES, render
+from .render import OBJECTS, STYLES, render, render_hybrid
 
 log = logging.getLogger("spare.synthcanvas")
 WEIGHTS = Path(__file__).with_name("weights") / "classifier.safetensors"
@@ -62,6 +62,27 @@ def render_set(seeds: range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return to_tensor(np.stack(images)), torch.tensor(objects), torch.tensor(styles)
 
 
+# Styles whose strokes carry the style. Sunset's object is a plain dark silhouette (its style is the sky behind
+# it), so "sunset strokes" on another background look like that background's style, not like sunset.
+STROKE_STYLES = tuple(s for s in STYLES if s != "sunset")
+
+
+def hybrid_set(seeds: range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every object × stroke style for each seed, on the background of another style (rotating with the seed),
+    labelled with the object and the stroke style."""
+    images, objects, styles = [], [], []
+    for seed in seeds:
+        for o, obj in enumerate(OBJECTS):
+            for s, style in enumerate(STYLES):
+                if style not in STROKE_STYLES:
+                    continue
+                background = STYLES[(s + 1 + (seed + o) % (len(STYLES) - 1)) % len(STYLES)]
+                images.append(render_hybrid(obj, style, background, seed))
+                objects.append(o)
+                styles.append(s)
+    return to_tensor(np.stack(images)), torch.tensor(objects), torch.tensor(styles)
+
+
 def _fit(model: Classifier, images, objects, styles, optimizer, schedule, epochs: int, seed: int, label: str,
          report) -> None:
     """Shuffled batches of 128, half of them mirrored, both heads' cross-entropy summed."""
@@ -95,12 +116,18 @@ def train(seeds: int = 200, epochs: int = 10, seed: int = 0, report=log.info) ->
     return model
 
 
-def adapt(model: Classifier, round_trip, seeds: int = 200, epochs: int = 2, seed: int = 0, report=log.info) -> Classifier:
+def adapt(model: Classifier, round_trip, seeds: int = 200, epochs: int = 2, seed: int = 0, report=log.info,
+          hybrids: bool = False) -> Classifier:
     """Fine-tune on renders and on their ``round_trip`` (the demo VAE's encode → decode): generated images pass
     through that decoder, which cannot carry the finest textures (thin stripes, tile edges), so the judge learns
-    what each style looks like after it. Same seeds as training; held-out seeds stay unseen."""
+    what each style looks like after it. ``hybrids`` adds as many hybrid renders (strokes of one style on
+    another's background, labelled by the strokes), so that a changed background alone does not read as a
+    changed style. Same seeds as training; held-out seeds stay unseen."""
     torch.manual_seed(seed)
     images, objects, styles = render_set(range(seeds))
+    if hybrids:
+        mixed = hybrid_set(range(seeds))
+        images, objects, styles = (torch.cat([a, b]) for a, b in zip((images, objects, styles), mixed))
     with torch.no_grad():
         decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
     images, objects, styles = torch.cat([images, decoded]), objects.repeat(2), styles.repeat(2)
@@ -109,8 +136,9 @@ def adapt(model: Classifier, round_trip, seeds: int = 200, epochs: int = 2, seed
     return model.eval()
 
 
-def accuracy(model: Classifier, seeds: range) -> tuple[float, float]:
-    images, objects, styles = render_set(seeds)
+def accuracy(model: Classifier, seeds: range, hybrids: bool = False) -> tuple[float, float]:
+    """Object and style accuracy on renders (or on hybrid renders, judged by their strokes' style)."""
+    images, objects, styles = (hybrid_set if hybrids else render_set)(seeds)
     predicted_objects, predicted_styles = model.predict(images)
     return float((predicted_objects == objects).float().mean()), float((predicted_styles == styles).float().mean())
 

@@ -174,6 +174,29 @@ def render(obj: str, style: str, seed: int) -> np.ndarray:
     return np.asarray(big.resize((SIZE, SIZE), Image.BOX))
 
 
+def object_region(mask: np.ndarray, reach: int = 6) -> np.ndarray:
+    """Where an object's strokes live: its silhouette grown by ``reach`` canvas pixels (neon's glow and the
+    sketch's offset lines reach that far outside it), with a soft edge."""
+    image = Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(2 * reach + 1))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(2)), dtype=np.float32) / 255
+
+
+def render_hybrid(obj: str, stroke_style: str, background_style: str, seed: int) -> np.ndarray:
+    """``obj`` drawn in ``stroke_style``, on ``background_style``'s background: what a partial erasure looks like
+    when it changes the background and keeps the strokes. A person names it after its strokes."""
+    for name in (stroke_style, background_style):
+        if name not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {name!r}")
+    rng = FrozenRandom(seed * 4096 + OBJECTS.index(obj) * 64 + STYLES.index(stroke_style) * 8
+                       + STYLES.index(background_style) + 2**40)
+    mask = np.asarray(shape_mask(obj, rng), dtype=np.float32) / 255
+    strokes, background = style_image(stroke_style, mask, rng), style_image(background_style, mask, rng)
+    region = object_region(mask)[..., None]
+    image = strokes * region + background * (1 - region)
+    big = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+    return np.asarray(big.resize((SIZE, SIZE), Image.BOX))
+
+
 def grid(seed: int = 0) -> np.ndarray:
     """Every object (rows) in every style (columns), for looking at."""
     return np.concatenate([np.concatenate([render(o, s, seed) for s in STYLES], axis=1) for o in OBJECTS], axis=0)

@@ -7,7 +7,7 @@ import pytest
 
 from synthcanvas import classifier
 from synthcanvas.metrics import erasure_scores
-from synthcanvas.render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption, render
+from synthcanvas.render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption, render, render_hybrid
 from synthcanvas.rng import FrozenRandom
 
 
@@ -46,6 +46,17 @@ def test_shipped_classifier_recognises_held_out_renders():
     seeds = range(classifier.HELD_OUT_SEED_OFFSET + 100, classifier.HELD_OUT_SEED_OFFSET + 110)
     object_accuracy, style_accuracy = classifier.accuracy(model, seeds)
     assert object_accuracy >= 0.98 and style_accuracy >= 0.98, (object_accuracy, style_accuracy)
+
+
+def test_shipped_classifier_names_a_hybrid_after_its_strokes():
+    """A partial erasure that turns only the background (neon's glowing outline left on grey tiles) must not count
+    as erased: on held-out hybrid renders the judge reads the style of the strokes, not of the background."""
+    model = classifier.load()
+    seeds = range(classifier.HELD_OUT_SEED_OFFSET + 100, classifier.HELD_OUT_SEED_OFFSET + 104)
+    object_accuracy, stroke_style_accuracy = classifier.accuracy(model, seeds, hybrids=True)
+    assert object_accuracy >= 0.95 and stroke_style_accuracy >= 0.9, (object_accuracy, stroke_style_accuracy)
+    neon_on_mosaic = classifier.to_tensor(np.stack([render_hybrid(o, "neon", "mosaic", 5) for o in OBJECTS]))
+    assert (model.predict(neon_on_mosaic)[1] == STYLES.index("neon")).sum() >= 7
 
 
 def test_metrics_against_hand_computed_cases():
