@@ -61,7 +61,7 @@ def main() -> int:
     base, clip, vae = (run.outputs["1"][slot][0] for slot in range(3))  # outputs[node][slot] holds a list
     erased = run.outputs["6"][1][0]
     settings = benchmark.Settings()
-    evals = benchmark.eval_set(CONCEPT, settings.forget_seeds)
+    evals = benchmark.eval_set(CONCEPT, settings.forget_seeds, settings.paraphrase_seeds)
     scores = {}
     for name, model in (("before", base), ("after", erased)):
         images = generate(runtime.nodes, model, clip, vae, evals.prompts, benchmark.EVAL_SEED, settings.sampler)

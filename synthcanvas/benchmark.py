@@ -24,8 +24,13 @@ from .generation import SamplerSettings, encode, generate
 from .metrics import erasure_scores
 from .render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption
 
-METHODS = ("spare", "esd_x", "uce", "spare_no_saliency", "spare_uniform_timesteps", "spare_no_retain")
-SHORT_NAMES = {"spare_no_saliency": "no salien.", "spare_uniform_timesteps": "uniform t", "spare_no_retain": "no retain"}
+METHODS = ("spare", "spare_earlier", "esd_x", "uce", "spare_full_prompts", "spare_lr_1e-4", "spare_timesteps_all_samples",
+           "spare_half_modules", "spare_half_modules_contrast", "spare_no_saliency", "spare_uniform_timesteps",
+           "spare_no_retain")
+SHORT_NAMES = {"spare_earlier": "earlier", "spare_full_prompts": "full prm.", "spare_lr_1e-4": "lr 1e-4",
+               "spare_timesteps_all_samples": "t all smp", "spare_half_modules": "half mod.",
+               "spare_half_modules_contrast": "half ctr.", "spare_no_saliency": "no salien.",
+               "spare_uniform_timesteps": "uniform t", "spare_no_retain": "no retain"}
 EVAL_SEED = evaluation.HELD_OUT_SAMPLER_SEED + 7
 
 
@@ -99,7 +104,7 @@ class EvalSet:
     kind: list[str] = field(default_factory=list)   # "forget", "other", "paraphrase"
 
 
-def eval_set(concept: Concept, forget_seeds: int) -> EvalSet:
+def eval_set(concept: Concept, forget_seeds: int, paraphrase_seeds: int | None = None) -> EvalSet:
     out = EvalSet()
 
     def add(o, s, template, kind):
@@ -114,13 +119,13 @@ def eval_set(concept: Concept, forget_seeds: int) -> EvalSet:
                 add(o, s, TRAIN_TEMPLATES[0], "forget" if mine else "other")
     for template in HELD_OUT_TEMPLATES:
         for o, s in concept.pairs():
-            for _ in range(forget_seeds):
+            for _ in range(forget_seeds if paraphrase_seeds is None else paraphrase_seeds):
                 add(o, s, template, "paraphrase")
     return out
 
 
-def score(concept: Concept, evals: EvalSet, images: torch.Tensor) -> dict:
-    predicted_objects, predicted_styles = (p.tolist() for p in evaluation.classify(images))
+def score(concept: Concept, evals: EvalSet, images: torch.Tensor, judge=None) -> dict:
+    predicted_objects, predicted_styles = (p.tolist() for p in evaluation.classify(images, judge))
     main = [i for i, kind in enumerate(evals.kind) if kind != "paraphrase"]
     scores = erasure_scores(concept.domain, concept.index, [evals.objects[i] for i in main],
                             [evals.styles[i] for i in main], [predicted_objects[i] for i in main],
@@ -171,12 +176,15 @@ class PeakMemory:
 
 @dataclass(frozen=True)
 class Settings:
-    train_steps: int = 200
-    learning_rate: float = 1e-3
+    """The benchmark's own settings. SPARE's row uses the Train node's defaults; ``earlier_*`` is the setting of
+    the benchmark before the recipe changed (kept as a row, so old and new figures compare)."""
+    earlier_train_steps: int = 200
+    earlier_learning_rate: float = 1e-3
+    earlier_samples: int = 2
     rank: int = 4
-    samples: int = 2
     esd_iterations: int = 1000
-    forget_seeds: int = 2
+    forget_seeds: int = 8
+    paraphrase_seeds: int = 4
     sampler: SamplerSettings = SamplerSettings()
 
 
@@ -186,6 +194,7 @@ class Erased:
     seconds: float
     peak_memory_mb: float
     adapter_mb: float
+    adapter: object = None
 
 
 def _weight_patched(model, weights: dict[str, torch.Tensor]):
@@ -203,6 +212,43 @@ def _weights_mb(weights: dict[str, torch.Tensor]) -> float:
     return sum(w.numel() * 2 for w in weights.values()) / 1e6
 
 
+def phrase(domain: str, name: str) -> str:
+    """A concept as a user of the demo model types it: 'neon style', 'a star'."""
+    return f"{name} style" if domain == "style" else f"a {name}"
+
+
+def user_phrases(concept: Concept) -> tuple[str, str, str]:
+    """The phrase path as a user fills it in: the concept, its surrogate, and every other concept of both domains
+    as retain phrases (the neighbours to keep, and the context the concept is drawn in)."""
+    others = [phrase("style", s) for s in STYLES if s != concept.name] + \
+             [phrase("object", o) for o in OBJECTS if o != concept.name]
+    return phrase(concept.domain, concept.name), phrase(concept.domain, concept.surrogate), "\n".join(others)
+
+
+def node_defaults(node_class) -> dict:
+    """Every widget input of a node at its default, as a new node in the graph editor has them."""
+    spec = node_class.INPUT_TYPES()
+    values = {}
+    for group in ("required", "optional"):
+        for name, entry in spec.get(group, {}).items():
+            if len(entry) > 1 and isinstance(entry[1], dict) and "default" in entry[1]:
+                values[name] = entry[1]["default"]
+    return values
+
+
+# Ablations of the Train node's defaults: each reverts one default (or switches off one part) and keeps the rest.
+ABLATIONS = {
+    "spare_full_prompts": "the earlier prompt lines (the concept's 8 pairs, one surrogate line each, each other "
+                          "concept of the domain once) instead of the phrase path",
+    "spare_lr_1e-4": "learning rate 1e-4 (the node's earlier default)",
+    "spare_timesteps_all_samples": "every concept sample in each timestep-selection draw (the earlier behaviour) "
+                                   "instead of 16",
+    "spare_half_modules": "half the modules by plain saliency (Compute Saliency Mask at 0.5), the SPARE "
+                          "reference's fraction",
+    "spare_half_modules_contrast": "half the modules by the earlier contrast saliency score",
+}
+
+
 class Eraser:
     """Runs one method on one concept through the pack's nodes (SPARE) or spare_core.baselines."""
 
@@ -211,42 +257,109 @@ class Eraser:
         self.cache: dict = {}
 
     def run(self, method: str, concept: Concept) -> Erased:
-        action: Callable = getattr(self, f"_{method}")
+        action: Callable = getattr(self, f"_{method.replace('-', '_').replace('.', '_')}")
         with PeakMemory() as memory:
             started = time.perf_counter()
-            model, adapter_mb = action(concept)
+            model, adapter_mb, adapter = action(concept)
             seconds = time.perf_counter() - started
-        return Erased(model, round(seconds, 2), round(memory.peak, 1), round(adapter_mb, 3))
+        return Erased(model, round(seconds, 2), round(memory.peak, 1), round(adapter_mb, 3), adapter)
 
-    # SPARE and its ablations: the same three nodes a user wires, with one thing switched off.
-    def _spare(self, concept, module_fraction=0.5, row_fraction=1.0, uniform=False, retain=True):
-        s, nodes = self.settings, self.runtime.nodes.NODE_CLASS_MAPPINGS
-        forget, surrogate = "\n".join(concept.forget_prompts()), "\n".join(concept.surrogate_prompts())
-        retain_text = "\n".join(concept.retain_prompts()) if retain else ""
-        saliency = nodes["SpareComputeSaliency"]().compute(self.model, self.clip, forget, retain_text, module_fraction,
-                                                           row_fraction, s.samples, 64, 0)[0]
+    def _nodes(self):
+        return self.runtime.nodes.NODE_CLASS_MAPPINGS
+
+    # SPARE as a user runs it: one Train node at its defaults, the concept typed as a phrase.
+    def _spare(self, concept, retain=True, module_fraction=None, uniform=False, full_prompts=False,
+               saliency_config=None, timestep_config=None, **overrides):
+        train = self._nodes()["SpareTrainAdapter"]
+        inputs = node_defaults(train)
+        forget, surrogate, retain_text = user_phrases(concept)
+        if full_prompts:
+            forget, surrogate = "\n".join(concept.forget_prompts()), "\n".join(concept.surrogate_prompts())
+            retain_text = "\n".join(concept.retain_prompts())
+        inputs.update(model=self.model, clip=self.clip, forget_prompts=forget, surrogate_prompt=surrogate,
+                      retain_prompts=retain_text if retain else "", **overrides)
+        if not retain:
+            inputs["retain_weight"] = 0.0
+        if module_fraction is not None:
+            saliency_node = self._nodes()["SpareComputeSaliency"]
+            saliency_inputs = {**node_defaults(saliency_node), "model": self.model, "clip": self.clip,
+                               "forget_prompts": forget, "retain_prompts": inputs["retain_prompts"],
+                               "module_fraction": module_fraction, "row_fraction": 1.0}
+            inputs["saliency"] = saliency_node().compute(**saliency_inputs)[0]
+        if saliency_config is not None or timestep_config is not None:
+            # Settings no node exposes: the same jobs the nodes run, handed to the Train node's optional inputs.
+            from spare_core import comfy_bridge, pipeline
+            from spare_core.config import SampleConfig
+            from spare_core.prompts import ErasurePrompts
+            side = inputs["resolution"] or comfy_bridge.native_resolution(self.model)
+            samples = SampleConfig(samples_per_prompt=inputs["samples"], width=side, height=side)
+            prompts = ErasurePrompts.parse(forget, surrogate, inputs["retain_prompts"])
+            if saliency_config is not None:
+                inputs["saliency"] = pipeline.saliency_for_model(self.model, self.clip, prompts, samples,
+                                                                 saliency_config, inputs["seed"])[0]
+            if timestep_config is not None:
+                inputs["timesteps"] = pipeline.timesteps_for_model(self.model, self.clip, prompts, samples,
+                                                                   timestep_config, inputs["seed"])[0]
         if uniform:
-            timesteps = _uniform_timesteps(self.model)
-        else:
-            timesteps = nodes["SpareTimestepSelector"]().select(self.model, self.clip, forget, surrogate, 10, 1.0, 1.0,
-                                                                s.samples, 64, 0)[0]
-        result = nodes["SpareTrainAdapter"]().train(
-            self.model, self.clip, forget, surrogate, retain_text, s.rank, float(s.rank), s.train_steps,
-            s.learning_rate, 1.0 if retain else 0.0, 2, s.samples, 64, 0, saliency=saliency, timesteps=timesteps)["result"]
+            inputs["timesteps"] = _uniform_timesteps(self.model)
+        return self._trained(train().train(**inputs)["result"])
+
+    def _trained(self, result):
         adapter, model = result[0], result[1]
         with tempfile.TemporaryDirectory() as folder:
             from spare_core.adapter import save_adapter
             size = save_adapter(adapter, Path(folder) / "adapter.safetensors").stat().st_size / 1e6
-        return model, size
+        return model, size, adapter
+
+    def _spare_full_prompts(self, concept):
+        return self._spare(concept, full_prompts=True)
+
+    def _spare_lr_1e_4(self, concept):
+        return self._spare(concept, learning_rate=1e-4)
+
+    def _spare_timesteps_all_samples(self, concept):
+        from spare_core.config import TimestepConfig
+        return self._spare(concept, timestep_config=TimestepConfig(samples_per_draw=10**6))
+
+    def _spare_half_modules(self, concept):
+        return self._spare(concept, module_fraction=0.5)
+
+    def _spare_half_modules_contrast(self, concept):
+        from spare_core.config import SaliencyConfig
+        return self._spare(concept, saliency_config=SaliencyConfig(module_fraction=0.5, retain_contrast=1.0))
 
     def _spare_no_saliency(self, concept):
-        return self._spare(concept, module_fraction=1.0, row_fraction=1.0)
+        return self._spare(concept, module_fraction=1.0)
 
     def _spare_uniform_timesteps(self, concept):
         return self._spare(concept, uniform=True)
 
     def _spare_no_retain(self, concept):
         return self._spare(concept, retain=False)
+
+    def _spare_earlier(self, concept):
+        """The benchmark's earlier setting, through the three nodes as it was wired: full prompt lines, saliency
+        (half the modules) → timesteps → training for a fixed 200 steps at lr 1e-3 with 2 samples per prompt."""
+        from spare_core import pipeline
+        from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig
+        from spare_core.prompts import ErasurePrompts
+        s, nodes = self.settings, self._nodes()
+        forget, surrogate = "\n".join(concept.forget_prompts()), "\n".join(concept.surrogate_prompts())
+        retain_text = "\n".join(concept.retain_prompts())
+        # The earlier saliency score (contrast) and timestep draws (every sample) are no longer the nodes'
+        # defaults, so these two stages run as the nodes ran them then, through the same jobs.
+        prompts = ErasurePrompts.parse(forget, surrogate, retain_text)
+        samples = SampleConfig(samples_per_prompt=s.earlier_samples, width=64, height=64)
+        saliency = pipeline.saliency_for_model(self.model, self.clip, prompts, samples,
+                                               SaliencyConfig(module_fraction=0.5, retain_contrast=1.0), 0)[0]
+        timesteps = pipeline.timesteps_for_model(self.model, self.clip, prompts, samples,
+                                                 TimestepConfig(samples_per_draw=10**6), 0)[0]
+        result = nodes["SpareTrainAdapter"]().train(
+            model=self.model, clip=self.clip, forget_prompts=forget, surrogate_prompt=surrogate,
+            retain_prompts=retain_text, rank=s.rank, alpha=float(s.rank), steps=s.earlier_train_steps,
+            learning_rate=s.earlier_learning_rate, retain_weight=1.0, batch_size=2, samples=s.earlier_samples,
+            resolution=64, seed=0, saliency=saliency, timesteps=timesteps, erase_target=0.0)["result"]
+        return self._trained(result)
 
     def _context(self, prompt: str) -> torch.Tensor:
         return encode(self.runtime.nodes, self.clip, [prompt], self.cache)[0][0].float()
@@ -264,7 +377,7 @@ class Eraser:
         with comfy_bridge.denoiser_session(self.model) as denoiser:
             weights = train_esd_x(denoiser, Conditioning(self._context(self._concept_prompt(concept))),
                                   Conditioning(self._context("")), config, seed=0)
-        return _weight_patched(self.model, weights), _weights_mb(weights)
+        return _weight_patched(self.model, weights), _weights_mb(weights), None
 
     def _uce(self, concept):
         from spare_core.baselines import edit_uce
@@ -272,7 +385,7 @@ class Eraser:
                   self._context(self._concept_prompt(concept, concept.surrogate))[0])]
         preserve = [self._context(p)[0] for p in concept.retain_prompts()]
         weights = edit_uce(self.model.model.diffusion_model, erase, preserve)
-        return _weight_patched(self.model, weights), _weights_mb(weights)
+        return _weight_patched(self.model, weights), _weights_mb(weights), None
 
 
 def _uniform_timesteps(model):
@@ -309,11 +422,16 @@ def grid_rows(concept: Concept) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the run
 
+DIAL_STRENGTHS = (0.0, 0.5, 1.0, 1.5)
+
+
 def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[str], settings: Settings,
         grid_folder: Path | None, report=print, only: dict[str, set[str]] | None = None,
-        on_progress=lambda results: None) -> dict:
+        on_progress=lambda results: None, dial_concepts: set[str] = frozenset(), second_judge=None) -> dict:
     """``only``: method → the concept labels it runs on (methods not listed run on every concept).
-    ``on_progress`` gets the results so far after each concept (and each ESD-x run)."""
+    ``on_progress`` gets the results so far after each concept (and each ESD-x run). On ``dial_concepts`` the
+    SPARE adapter is also applied with the pack's Apply node at each of DIAL_STRENGTHS. ``second_judge`` (a
+    Classifier) scores the same images again, under "second_judge" in each row, so two judges compare."""
     only = only or {}
     with torch.inference_mode():
         model, clip, vae = runtime.node("CheckpointLoaderSimple").load_checkpoint(checkpoint_name)[:3]
@@ -331,9 +449,25 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
 
     def erase_and_score(method, concept):
         erased = eraser.run(method, concept)
-        scores = score(concept, evals_of[concept.label()], images_for(erased.model, evals_of[concept.label()].prompts))
+        evals = evals_of[concept.label()]
+        images = images_for(erased.model, evals.prompts)
+        scores = score(concept, evals, images)
+        if second_judge is not None:
+            scores["second_judge"] = score(concept, evals, images, second_judge)
         scores.update(seconds=erased.seconds, peak_memory_mb=erased.peak_memory_mb, adapter_mb=erased.adapter_mb)
+        if erased.adapter is not None:
+            info = erased.adapter.info
+            scores.update(gap_closed=info("erasure_gap_closed"), retain_drift=info("erasure_retain_drift"),
+                          steps_done=info("steps_done"))
         results["per_concept"][method][concept.label()] = scores
+        if method == "spare" and concept.label() in dial_concepts:
+            apply = nodes.NODE_CLASS_MAPPINGS["SpareApplyErasure"]()
+            dial = {}
+            for strength in DIAL_STRENGTHS:
+                dialled = apply.apply(model, erased.adapter, strength)["result"][0]
+                dial[str(strength)] = score(concept, evals, images_for(dialled, evals.prompts))
+                report(f"{concept.label():16s} spare at strength {strength}: {dial[str(strength)]}")
+            results.setdefault("strength_dial", {})[concept.label()] = dial
         report(f"{concept.label():16s} {method:24s} UA {scores['UA']:.3f} IRA {scores['IRA']:.3f} "
                f"CRA {scores['CRA']:.3f} para-UA {scores['paraphrase_UA']:.3f} {erased.seconds:6.1f} s")
         rows, columns, tiles = grids[concept.label()]
@@ -349,8 +483,11 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
     # ESD-x goes last: with its paper's 1000 iterations it costs more than everything else together on a CPU.
     fast = [m for m in methods if m != "esd_x"]
     for concept in concepts:
-        evals = evals_of[concept.label()] = eval_set(concept, settings.forget_seeds)
-        results["base"][concept.label()] = score(concept, evals, images_for(model, evals.prompts))
+        evals = evals_of[concept.label()] = eval_set(concept, settings.forget_seeds, settings.paraphrase_seeds)
+        base_images = images_for(model, evals.prompts)
+        results["base"][concept.label()] = score(concept, evals, base_images)
+        if second_judge is not None:
+            results["base"][concept.label()]["second_judge"] = score(concept, evals, base_images, second_judge)
         rows = grid_rows(concept)
         grids[concept.label()] = (rows, ["before"], [[_uint8(t)] for t in images_for(model, rows)])
         for method in fast:
@@ -368,7 +505,33 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
 def finish(results: dict, methods: list[str]) -> dict:
     results["methods"] = {m: summarise(results["per_concept"][m]) for m in methods if results["per_concept"][m]}
     results["base_summary"] = summarise(results["base"])
+    results["gap_vs_ua"] = gap_correlation(results["per_concept"])
     return results
+
+
+def gap_correlation(per_concept: dict) -> dict:
+    """How well the trainer's own erasure check (share of the concept gap closed, held-out noise) predicts the
+    classifier's UA: Pearson and Spearman over every SPARE-family erasure that reported both."""
+    pairs = [(row["gap_closed"], row["UA"]) for method, rows in per_concept.items() if method.startswith("spare")
+             for row in rows.values() if row.get("gap_closed") is not None]
+    if len(pairs) < 3:
+        return {"erasures": len(pairs)}
+    gap, ua = (np.array(v, dtype=np.float64) for v in zip(*pairs))
+
+    def pearson(a, b):
+        if a.std() == 0 or b.std() == 0:
+            return None
+        return round(float(np.corrcoef(a, b)[0, 1]), 3)
+
+    def ranks(v):
+        order = v.argsort(kind="stable")
+        r = np.empty_like(v)
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):  # ties share their mean rank
+            r[v == value] = r[v == value].mean()
+        return r
+    return {"erasures": len(pairs), "pearson": pearson(gap, ua), "spearman": pearson(ranks(gap), ranks(ua)),
+            "pairs": [[round(g, 4), round(u, 4)] for g, u in pairs]}
 
 
 def _uint8(image: torch.Tensor) -> np.ndarray:
@@ -378,6 +541,9 @@ def _uint8(image: torch.Tensor) -> np.ndarray:
 def summarise(per_concept: dict) -> dict:
     rows = list(per_concept.values())
     out = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in ("UA", "IRA", "CRA", "paraphrase_UA")}
+    if rows and all("second_judge" in r for r in rows):
+        out["second_judge"] = {key: round(float(np.mean([r["second_judge"][key] for r in rows])), 4)
+                               for key in ("UA", "IRA", "CRA", "paraphrase_UA")}
     if rows and "seconds" in rows[0]:
         out["seconds_per_erasure"] = round(float(np.mean([r["seconds"] for r in rows])), 2)
         out["peak_memory_mb"] = round(float(max(r["peak_memory_mb"] for r in rows)), 1)
@@ -411,4 +577,25 @@ def markdown(results: dict) -> str:
         lines.append(f"| {method} | {row['UA']:.3f} | {row['IRA']:.3f} | {row['CRA']:.3f} | {row['paraphrase_UA']:.3f} | "
                      f"{row['seconds_per_erasure']:.1f} | {row['peak_memory_mb']:.0f} | {row['adapter_mb']:.3f} | "
                      f"{row['concepts']} |")
+    judged_twice = {m: r["second_judge"] for m, r in results["methods"].items() if "second_judge" in r}
+    if "second_judge" in base:
+        judged_twice = {"no erasure (base model)": base["second_judge"], **judged_twice}
+    if judged_twice:
+        lines += ["", "The same images under the second judge (UA / IRA / CRA / paraphrase UA):", "",
+                  "| method | UA | IRA | CRA | paraphrase UA |", "|---|---|---|---|---|"]
+        lines += [f"| {m} | {r['UA']:.3f} | {r['IRA']:.3f} | {r['CRA']:.3f} | {r['paraphrase_UA']:.3f} |"
+                  for m, r in judged_twice.items()]
+    dial = results.get("strength_dial") or {}
+    if dial:
+        lines += ["", "SPARE's adapter at each Apply strength (UA / IRA / CRA):", "",
+                  "| concept | " + " | ".join(f"strength {s}" for s in DIAL_STRENGTHS) + " |",
+                  "|---|" + "---|" * len(DIAL_STRENGTHS)]
+        for label, row in dial.items():
+            cells = [f"{row[str(s)]['UA']:.3f} / {row[str(s)]['IRA']:.3f} / {row[str(s)]['CRA']:.3f}"
+                     for s in DIAL_STRENGTHS if str(s) in row]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    gap = results.get("gap_vs_ua") or {}
+    if gap.get("pearson") is not None or gap.get("spearman") is not None:
+        lines += ["", f"Trainer's erasure check (share of the concept gap closed) against UA over {gap['erasures']} "
+                      f"SPARE-family erasures: Pearson {gap['pearson']}, Spearman {gap['spearman']}."]
     return "\n".join(lines) + "\n"

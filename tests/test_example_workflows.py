@@ -68,7 +68,8 @@ def test_compare_example_shows_without_and_with_side_by_side(comfy, sd15_checkpo
     assert run.success, run.error
     without, with_adapter = run.outputs["11"][0][0]
     assert not torch.equal(without, with_adapter)
-    assert run.ui["3"]["spare_adapter"][0]["forget_prompts"][0] == "a painting in the style of Van Gogh"
+    info = run.ui["3"]["spare_adapter"][0]
+    assert info["concept"] == "Van Gogh style" and info["forget_prompts"][0] == "a village in Van Gogh style"
 
 
 def test_stack_example_removes_one_erasure_and_keeps_the_other(comfy, bridge, sd15_checkpoint, example_adapters):
