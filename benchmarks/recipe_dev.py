@@ -64,6 +64,10 @@ VARIANTS = {
     "chosen_all_modules": {"from": "defaults", "saliency": {"module_fraction": 1.0}},
     "chosen_lr6e-3": {"from": "defaults", "train": {"learning_rate": 6e-3}},
     "chosen_rank8": {"from": "defaults", "train": {"rank": 8, "alpha": 8.0}},
+    "defaults_overshoot0.5": {"from": "defaults", "train": {"overshoot": 0.5}},
+    "defaults_overshoot1": {"from": "defaults", "train": {"overshoot": 1.0}},
+    "defaults_lr6e-3": {"from": "defaults", "train": {"learning_rate": 6e-3}},
+    "defaults_overshoot1_150steps": {"from": "defaults", "train": {"overshoot": 1.0, "steps": 150}},
 }
 
 

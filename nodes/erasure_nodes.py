@@ -151,20 +151,25 @@ class SpareTrainAdapter:
             "timesteps": (TIMESTEPS, {"tooltip": "From Timestep Selector; computed with defaults when not connected."}),
             "forget_latents": LATENT_INPUT,
             "erase_target": ("FLOAT", {"default": defaults.erase_target or 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Train until this share of the concept→surrogate gap is closed, checked "
-                                                  "on held-out noise every few steps; 'steps' is then the cap. 0 = always "
+                                       "tooltip": "Train until this share of the way from the concept's prediction to its "
+                                                  "target (the surrogate, overshot by 'overshoot') is closed, checked on "
+                                                  "held-out noise every few steps; 'steps' is then the cap. 0 = always "
                                                   "train all steps."}),
+            "overshoot": number("FLOAT", "overshoot", 0.0, 4.0, 0.05),
         }}
 
     def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
               retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
-              forget_latents=None, gradient_checkpointing=False, erase_target=None):
+              forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None):
         prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
         if erase_target is None:  # a workflow saved before the input existed
             erase_target = TrainConfig().erase_target
+        if overshoot is None:
+            overshoot = TrainConfig().overshoot
         config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size,
-                             gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None)
+                             gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
+                             overshoot=overshoot)
         trained = pipeline.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                            saliency, timesteps, _latents(model, forget_latents))
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))

@@ -98,8 +98,14 @@ class TrainConfig:
     learning_rate: float = _help("AdamW learning rate for the adapter weights.", default=3e-3)
     retain_weight: float = _help("λ in loss = forget + λ·retain; higher protects retained concepts more.", default=1.0)
     batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
+    overshoot: float = _help(
+        "Aim the concept's prediction this share of the concept→surrogate gap beyond the surrogate (negative "
+        "guidance around the surrogate, as ESD does around the empty prompt). 0 = aim exactly at the surrogate; "
+        "raise it when the concept fades but does not vanish, lower it when neighbouring concepts suffer. 1.0 "
+        "was chosen on a dev split (docs/synthcanvas.md).", default=1.0)
     erase_target: Optional[float] = _help(
-        "Stop once this share of the concept→surrogate prediction gap is closed on held-out noise and timesteps "
+        "Stop once this share of the way from the concept's prediction to its target (the surrogate, overshot by "
+        "overshoot) is closed on held-out noise and timesteps "
         "(checked every check_every steps; steps is then the cap). None = always train all steps.", default=None)
     check_every: int = _help("Steps between erasure checks (gap closed, retain drift) on held-out draws.", default=25)
     check_samples: int = _help("Held-out noisy samples per term in each erasure check.", default=16)
@@ -120,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not (math.isfinite(self.retain_weight) and self.retain_weight >= 0):
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight!r}")
+        if not (isinstance(self.overshoot, (int, float)) and math.isfinite(self.overshoot) and self.overshoot >= 0):
+            raise ValueError(f"overshoot must be a number >= 0, got {self.overshoot!r}; 0 aims at the surrogate")
         if self.erase_target is not None and not (
                 isinstance(self.erase_target, (int, float)) and math.isfinite(self.erase_target)
                 and 0.0 < self.erase_target <= 1.0):

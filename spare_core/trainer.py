@@ -3,7 +3,8 @@
 Student = model + adapter, teacher = the same model with the adapter off (no second copy):
     L = ‖ε_S(x_t, c_forget) − sg[ε_T(x_t, c_surrogate)]‖² + λ · ‖ε_S(x_t, c_retain) − sg[ε_T(x_t, c_retain)]‖²
 (SPARE, arXiv 2602.07058, forget and retain distillation terms), with t drawn from the concept's
-timestep distribution. Only adapter parameters receive gradients, so backward stops at the earliest
+timestep distribution. With overshoot η > 0 the forget target moves past the surrogate, away from the concept:
+sg[ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f))]. Only adapter parameters receive gradients, so backward stops at the earliest
 adapted layer.
 """
 
@@ -34,16 +35,18 @@ class NonFiniteLossError(RuntimeError):
 @dataclass(frozen=True)
 class ErasureCheck:
     """How far the erasure got, on held-out noise and timesteps (never the training draws):
-    gap_closed   = 1 − rms(ε_S(x_t, c_f) − ε_T(x_t, c_s)) / rms(ε_T(x_t, c_f) − ε_T(x_t, c_s))
-                   (0 before training; 1 = the concept prompt predicts exactly what the surrogate does),
+    gap_closed   = 1 − rms(ε_S(x_t, c_f) − target) / rms(ε_T(x_t, c_f) − target), target = the training target
+                   ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f)) with η = overshoot (0: the surrogate)
+                   (0 before training; 1 = the concept prompt predicts exactly its target),
     retain_drift = rms(ε_S(x_t, c_r) − ε_T(x_t, c_r)) / rms(ε_T(x_t, c_f) − ε_T(x_t, c_s))
                    (how far retained prompts moved, as a share of the concept's own gap; 0 before training),
-    with t uniform over the model's schedule and rms over every sample and latent element."""
+    with t uniform over the model's schedule, rms over every sample and latent element, and each residual weighed
+    by its σ (so the figures compare denoised images, x0 = x_t − σ·ε, not noise predictions)."""
 
     gap_closed: float
     retain_drift: float
     step: int
-    concept_gap: float = 0.0  # rms(ε_T(x_t, c_f) − ε_T(x_t, c_s)) itself: how much the concept changes the model
+    concept_gap: float = 0.0  # rms(σ·(ε_T(x_t, c_f) − ε_T(x_t, c_s))) itself: how much the concept changes the picture
 
 
 @dataclass(frozen=True)
@@ -147,18 +150,25 @@ def _teacher_check(denoiser: Denoiser, batch: _CheckBatch) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def _student_check(denoiser: Denoiser, batch: _CheckBatch, teacher, step: int) -> ErasureCheck:
+def _student_check(denoiser: Denoiser, batch: _CheckBatch, teacher, step: int, overshoot: float = 0.0) -> ErasureCheck:
     concept, surrogate, retain = teacher
     x = torch.cat([batch.x_forget, batch.x_retain])
     sigma = torch.cat([batch.sigma_forget, batch.sigma_retain])
     student_forget, student_retain = _predict(denoiser, x, sigma, [batch.forget.cond, batch.retain.cond])
     # Root-mean-square norms, not squared errors: sampling with guidance scale w multiplies what is left of the
     # concept direction by w, so a residual of a quarter of the gap (94 % of its squared error gone) still draws
-    # the concept at w = 4. The norm ratio says that plainly.
-    gap = float((concept - surrogate).pow(2).mean().sqrt()) or torch.finfo(torch.float32).tiny
-    remaining = float((student_forget - surrogate).pow(2).mean().sqrt())
-    drift = float((student_retain - retain).pow(2).mean().sqrt())
-    return ErasureCheck(round(1.0 - remaining / gap, 4), round(drift / gap, 4), step, gap)
+    # the concept at w = 4. The norm ratio says that plainly. Each noise residual is weighed by its sigma, i.e.
+    # compared as denoised images (x0 = x_t − σ·ε): in noise space the low-noise draws dominate, yet the high-noise
+    # steps of a sampler decide what the picture shows.
+    weight_f = batch.sigma_forget.view(-1, 1, 1, 1).to(concept.device)
+    weight_r = batch.sigma_retain.view(-1, 1, 1, 1).to(concept.device)
+    # With overshoot the training target lies past the surrogate; the share closed is measured towards it.
+    target = surrogate + overshoot * (surrogate - concept)
+    tiny = torch.finfo(torch.float32).tiny
+    gap = float((weight_f * (concept - surrogate)).pow(2).mean().sqrt()) or tiny
+    remaining = float((weight_f * (student_forget - target)).pow(2).mean().sqrt())
+    drift = float((weight_r * (student_retain - retain)).pow(2).mean().sqrt())
+    return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap)
 
 
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
@@ -175,7 +185,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     generator = torch.Generator().manual_seed(seed)
     check = _check_batch(denoiser, timesteps, forget, surrogate, retain, config.check_samples, seed)
     teacher = _teacher_check(denoiser, check)
-    checks = [_student_check(denoiser, check, teacher, 0)]  # before training: 0 and 0, by construction
+    checks = [_student_check(denoiser, check, teacher, 0, config.overshoot)]  # before training: 0 and 0, by construction
     adapters = SparseLoRASet(denoiser.unet, config.rank, config.alpha, saliency.row_masks, seed)
     # On CUDA one fused kernel steps every adapter tensor: fewer launches in a step that is launch-bound
     # (measured on an H100: no change beyond noise, docs/benchmarks.md; it costs nothing either).
@@ -195,7 +205,15 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             sigma = torch.cat([sigma_forget, sigma_retain])
             surrogate_rows = forget_batch.surrogates(surrogate)
             with torch.no_grad(), adapters.disabled():
-                target_forget, target_retain = _predict(denoiser, x_t, sigma, [surrogate_rows, retain_batch.cond])
+                if config.overshoot:
+                    # target = ε(x, surrogate) + η·(ε(x, surrogate) − ε(x, concept)): ESD's negative guidance
+                    # (Gandikota et al. 2023, eq. 3) taken around the surrogate instead of the empty prompt.
+                    target_forget, target_retain, teacher_concept = _predict(
+                        denoiser, torch.cat([x_t, x_forget]), torch.cat([sigma, sigma_forget]),
+                        [surrogate_rows, retain_batch.cond, forget_batch.cond])
+                    target_forget = target_forget + config.overshoot * (target_forget - teacher_concept)
+                else:
+                    target_forget, target_retain = _predict(denoiser, x_t, sigma, [surrogate_rows, retain_batch.cond])
             student_forget, student_retain = _predict(denoiser, x_t, sigma, [forget_batch.cond, retain_batch.cond])
             forget_loss = F.mse_loss(student_forget, target_forget)
             retain_loss = F.mse_loss(student_retain, target_retain)
@@ -215,7 +233,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             retain_losses.append(float(retain_loss.detach()))
             done = step + 1
             if done % config.check_every == 0 or done == config.steps:
-                checks.append(_student_check(denoiser, check, teacher, done))
+                checks.append(_student_check(denoiser, check, teacher, done, config.overshoot))
                 if config.erase_target is not None and checks[-1].gap_closed >= config.erase_target:
                     on_step(step, value, checks[-1])
                     break

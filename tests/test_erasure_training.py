@@ -29,7 +29,8 @@ def erasure(bridge, small_sd15):
         saliency = compute_saliency(denoiser, forget, prompts.retain, config, seed=0)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0), seed=0)
+                               TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, overshoot=0.0),
+                               seed=0)
     return prompts, forget, retain, saliency, result, snapshot
 
 
@@ -71,13 +72,47 @@ def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(bri
     teacher = predict(bridge, small_sd15, x0, noise, indices, prompts.forget)
     surrogate = predict(bridge, small_sd15, x0, noise, indices, prompts.surrogate)
     student = predict(bridge, erased, x0, noise, indices, prompts.forget)
-    independent = 1 - float((student - surrogate).norm() / (teacher - surrogate).norm())
+    with bridge.denoiser_session(small_sd15) as denoiser:  # residuals compared as denoised images: σ·ε
+        sigma = denoiser.sigmas.float().cpu()[indices].view(-1, 1, 1, 1)
+    independent = 1 - float((sigma * (student - surrogate)).norm() / (sigma * (teacher - surrogate)).norm())
     assert abs(last.gap_closed - independent) <= 0.15, (last, independent)
+
+
+def _progress_along_the_gap(concept, surrogate, student) -> float:
+    """Where the student's prediction lies on the line from the concept (0) to the surrogate (1)."""
+    direction = (surrogate - concept).flatten()
+    return float((student - concept).flatten() @ direction / (direction @ direction))
+
+
+def test_overshoot_moves_the_concept_past_the_surrogate(bridge, small_sd15, erasure):
+    """overshoot = 1 aims at ε(surrogate) + 1·(ε(surrogate) − ε(concept)): the concept's prediction must end beyond
+    the surrogate along the gap (the run without overshoot stops short of it), on held-out noise and timesteps,
+    and the trainer's own check must measure the share closed towards that target."""
+    prompts, forget, retain, saliency, plain, _ = erasure
+    config = TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, overshoot=1.0)
+    with bridge.denoiser_session(small_sd15) as denoiser:
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
+        pushed = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, config, seed=0)
+    generator = torch.Generator().manual_seed(4242)
+    x0 = forget.latents.repeat(4, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=generator)
+    indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
+    concept = predict(bridge, small_sd15, x0, noise, indices, prompts.forget)
+    surrogate = predict(bridge, small_sd15, x0, noise, indices, prompts.surrogate)
+
+    def student(result):
+        erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
+        return predict(bridge, erased, x0, noise, indices, prompts.forget)
+    progress_plain = _progress_along_the_gap(concept, surrogate, student(plain))
+    progress_pushed = _progress_along_the_gap(concept, surrogate, student(pushed))
+    assert progress_plain <= 1.0 < progress_pushed, (progress_plain, progress_pushed)
+    assert pushed.final_check.gap_closed > 0.3, pushed.final_check
 
 
 def test_training_stops_once_the_target_share_of_the_gap_is_closed(bridge, small_sd15, erasure):
     prompts, forget, retain, saliency, _, _ = erasure
-    config = TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, erase_target=0.4, check_every=10)
+    config = TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, erase_target=0.4, check_every=10,
+                         overshoot=0.0)
     with bridge.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, config, seed=0)

@@ -25,7 +25,7 @@ def test_sd2_v_prediction_erasure(comfy, bridge):
         saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=2), seed=0)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(steps=40, learning_rate=3e-3), seed=0)
+                               TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0), seed=0)
     erased = bridge.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
     noise = torch.randn(forget.latents.shape, generator=torch.Generator().manual_seed(4))
     indices = torch.tensor([600, 900])

@@ -92,7 +92,7 @@ app.registerExtension({
       node.spareProgress.step = detail.step;
       node.spareProgress.total = detail.total;
       node.spareProgress.losses.push(Number(detail.loss));
-      // The held-out erasure check arrives every few steps: share of the concept→surrogate gap closed.
+      // The held-out erasure check arrives every few steps: share of the way from the concept to its target closed.
       if (typeof detail.gap_closed === "number") node.spareProgress.gapClosed = detail.gap_closed;
       growFor(node, "spareProgressRoom");
       node.setDirtyCanvas(true, true);
