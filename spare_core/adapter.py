@@ -47,6 +47,31 @@ class ErasureAdapter:
             raise ValueError(f"adapter modules without both lora_down and lora_up: {incomplete[:5]}")
         if not stems:
             raise ValueError("adapter has no LoRA weights")
+        for stem in stems:
+            self._check_module(stem)
+
+    def _check_module(self, stem: str) -> None:
+        """A damaged or hand-edited file must fail here, with the key, not as black images or deep in ComfyUI."""
+        down, up = self.tensors[f"{stem}.lora_down.weight"], self.tensors[f"{stem}.lora_up.weight"]
+        for name, tensor in (("lora_down.weight", down), ("lora_up.weight", up),
+                             ("alpha", self.tensors.get(f"{stem}.alpha"))):
+            if tensor is None:
+                continue
+            if not tensor.is_floating_point():
+                raise ValueError(f"adapter key {stem}.{name} holds {tensor.dtype} values; LoRA weights are floats")
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(f"adapter key {stem}.{name} holds {bad} non-finite (NaN or infinite) values of "
+                                 f"{tensor.numel()}; the file is damaged: train or download it again")
+        if down.ndim not in (2, 4) or up.ndim != down.ndim:
+            raise ValueError(f"adapter module {stem}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} "
+                             f"must both be 2-D (Linear) or both 4-D (Conv2d)")
+        if up.shape[1] != down.shape[0]:
+            raise ValueError(f"adapter module {stem}: lora_up {tuple(up.shape)} has rank {up.shape[1]} but lora_down "
+                             f"{tuple(down.shape)} has rank {down.shape[0]}; the two must agree")
+        alpha = self.tensors.get(f"{stem}.alpha")
+        if alpha is not None and alpha.numel() != 1:
+            raise ValueError(f"adapter key {stem}.alpha must be one number, got shape {tuple(alpha.shape)}")
 
     @property
     def module_stems(self) -> tuple[str, ...]:
@@ -77,21 +102,38 @@ def build_metadata(**values) -> dict[str, str]:
     return metadata
 
 
-def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False) -> Path:
-    """Write atomically (temp file in the same folder, then rename); refuse to replace a file unasked."""
+def _default_file_mode() -> int:
+    """The mode open() would give a new file under this process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_safetensors_atomically(tensors: Mapping[str, torch.Tensor], path: os.PathLike,
+                                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Temp file in the same folder, then rename: a reader never sees half a file. The temp file is created
+    private (0600), so it gets the umask's mode before the rename, as ComfyUI's own files have."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another file name or enable overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in adapter.tensors.items()}, tmp, metadata=dict(adapter.metadata))
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=None if metadata is None else dict(metadata))
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False) -> Path:
+    """Write atomically; refuse to replace a file unasked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another file name or enable overwrite")
+    return write_safetensors_atomically(adapter.tensors, path, adapter.metadata)
 
 
 def read_metadata(path: os.PathLike) -> dict[str, str]:

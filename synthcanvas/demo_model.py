@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from spare_core.adapter import write_safetensors_atomically
 
 from .rng import FrozenRandom
 
@@ -99,16 +99,7 @@ def assemble(unet_vae: dict[str, torch.Tensor], text_seed: int = TEXT_ENCODER_SE
 
 
 def write_atomically(state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        save_file(state, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors_atomically(state, path, metadata)
 
 
 def build_checkpoint(path: Path, overwrite: bool = False, weights: Path = WEIGHTS) -> Path:

@@ -60,6 +60,7 @@ def test_prompts_are_one_per_line():
     (lambda: TrainConfig(erase_target=0.0), r"erase_target .* must be in \(0, 1\], got 0.0"),
     (lambda: TrainConfig(erase_target=1.2), r"erase_target .* must be in \(0, 1\], got 1.2"),
     (lambda: TrainConfig(erase_target=float("nan")), r"erase_target .* must be in \(0, 1\]"),
+    (lambda: TrainConfig(overshoot=-0.5), r"overshoot must be a number >= 0, got -0.5"),
 ])
 def test_config_errors(make, message):
     with pytest.raises(ValueError, match=message):
@@ -139,6 +140,49 @@ def test_save_never_overwrites_unasked_and_writes_atomically(bridge, small_sd15,
     save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path, overwrite=True)
     assert load_adapter(path).metadata["note"] == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["erase.safetensors"], "no temporary files left behind"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("nan_down", r"adapter key {stem}.lora_down.weight holds 1 non-finite \(NaN or infinite\) values of 256; the file "
+                 r"is damaged"),
+    ("inf_alpha", r"adapter key {stem}.alpha holds 1 non-finite"),
+    ("rank_mismatch", r"adapter module {stem}: lora_up \(64, 5\) has rank 5 but lora_down \(4, 64\) has rank 4; "
+                      r"the two must agree"),
+])
+def test_a_damaged_shared_adapter_is_refused_on_load_naming_the_key(tmp_path, damage, message):
+    """A file from elsewhere is checked before use: NaN weights would draw black images, a rank mismatch would
+    fail deep inside ComfyUI's LoRA code."""
+    from safetensors.torch import save_file
+    stem = "lora_unet_input_blocks_1_1_proj_in"
+    down, up, alpha = torch.randn(4, 64), torch.zeros(64, 4), torch.tensor(4.0)
+    if damage == "nan_down":
+        down[0, 0] = float("nan")
+    elif damage == "inf_alpha":
+        alpha = torch.tensor(float("inf"))
+    else:
+        up = torch.zeros(64, 5)
+    path = tmp_path / "shared.safetensors"
+    save_file({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": alpha}, str(path))
+    with pytest.raises(ValueError, match=message.format(stem=stem)):
+        load_adapter(path)
+
+
+def test_written_files_follow_the_umask_like_comfyuis_own(bridge, small_sd15, tmp_path):
+    """Adapters and the demo checkpoint are read by other users and services from a shared models folder."""
+    import os
+    import stat
+    from synthcanvas import demo_model
+    previous = os.umask(0o022)
+    try:
+        shared = save_adapter(_tiny_adapter(small_sd15), tmp_path / "shared.safetensors")
+        checkpoint = demo_model.write_atomically({"x": torch.zeros(1)}, tmp_path / "checkpoint.safetensors")
+        os.umask(0o077)
+        private = save_adapter(_tiny_adapter(small_sd15), tmp_path / "private.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "sub/../../x", "", "  ", "a/./b"])
