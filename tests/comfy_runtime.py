@@ -98,6 +98,17 @@ class PromptRun:
     validation: tuple
 
 
+def _prompt_executor(execution, prompt_server):
+    """A PromptExecutor built as ComfyUI's own main.py builds it: the 2024 one takes only the server; newer ones
+    also take the cache settings (0.3.75 reads cache_args["ram"] after every node)."""
+    parameters = inspect.signature(execution.PromptExecutor).parameters
+    if "cache_args" not in parameters:
+        return execution.PromptExecutor(prompt_server)
+    from comfy.cli_args import args
+    return execution.PromptExecutor(prompt_server, cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+
+
 def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
     """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its model and output
     folders into ``work``, load the pack from a custom_nodes folder there and build a PromptExecutor."""
@@ -141,6 +152,6 @@ def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
     loaded = _run(nodes.load_custom_node(str(link)))
     if loaded is False:
         raise RuntimeError("ComfyUI failed to load the SPARE pack (see the log above)")
-    executor = execution.PromptExecutor(prompt_server)
+    executor = _prompt_executor(execution, prompt_server)
     return ComfyRuntime(root, work, executor, prompt_server, loop,
                         {"execution": execution, "folder_paths": folder_paths, "nodes": nodes, "server": server})
