@@ -24,11 +24,11 @@ from .generation import SamplerSettings, encode, generate
 from .metrics import erasure_scores
 from .render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption
 
-METHODS = ("spare", "spare_earlier", "esd_x", "uce", "spare_full_prompts", "spare_lr_1e-4", "spare_timesteps_all_samples",
-           "spare_half_modules", "spare_half_modules_contrast", "spare_no_saliency", "spare_uniform_timesteps",
-           "spare_no_retain")
-SHORT_NAMES = {"spare_earlier": "earlier", "spare_full_prompts": "full prm.", "spare_lr_1e-4": "lr 1e-4",
-               "spare_timesteps_all_samples": "t all smp", "spare_half_modules": "half mod.",
+METHODS = ("spare", "spare_earlier", "esd_x", "uce", "spare_no_overshoot", "spare_full_prompts", "spare_lr_1e-4",
+           "spare_timesteps_all_samples", "spare_half_modules", "spare_half_modules_contrast", "spare_no_saliency",
+           "spare_uniform_timesteps", "spare_no_retain")
+SHORT_NAMES = {"spare_earlier": "earlier", "spare_no_overshoot": "no oversh.", "spare_full_prompts": "full prm.",
+               "spare_lr_1e-4": "lr 1e-4", "spare_timesteps_all_samples": "t all smp", "spare_half_modules": "half mod.",
                "spare_half_modules_contrast": "half ctr.", "spare_no_saliency": "no salien.",
                "spare_uniform_timesteps": "uniform t", "spare_no_retain": "no retain"}
 EVAL_SEED = evaluation.HELD_OUT_SAMPLER_SEED + 7
@@ -238,6 +238,8 @@ def node_defaults(node_class) -> dict:
 
 # Ablations of the Train node's defaults: each reverts one default (or switches off one part) and keeps the rest.
 ABLATIONS = {
+    "spare_no_overshoot": "overshoot 0 (the forget target exactly at the surrogate, the earlier behaviour) instead "
+                          "of the default",
     "spare_full_prompts": "the earlier prompt lines (the concept's 8 pairs, one surrogate line each, each other "
                           "concept of the domain once) instead of the phrase path",
     "spare_lr_1e-4": "learning rate 1e-4 (the node's earlier default)",
@@ -311,6 +313,9 @@ class Eraser:
             size = save_adapter(adapter, Path(folder) / "adapter.safetensors").stat().st_size / 1e6
         return model, size, adapter
 
+    def _spare_no_overshoot(self, concept):
+        return self._spare(concept, overshoot=0.0)
+
     def _spare_full_prompts(self, concept):
         return self._spare(concept, full_prompts=True)
 
@@ -358,7 +363,7 @@ class Eraser:
             model=self.model, clip=self.clip, forget_prompts=forget, surrogate_prompt=surrogate,
             retain_prompts=retain_text, rank=s.rank, alpha=float(s.rank), steps=s.earlier_train_steps,
             learning_rate=s.earlier_learning_rate, retain_weight=1.0, batch_size=2, samples=s.earlier_samples,
-            resolution=64, seed=0, saliency=saliency, timesteps=timesteps, erase_target=0.0)["result"]
+            resolution=64, seed=0, saliency=saliency, timesteps=timesteps, erase_target=0.0, overshoot=0.0)["result"]
         return self._trained(result)
 
     def _context(self, prompt: str) -> torch.Tensor:
@@ -464,8 +469,15 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
             apply = nodes.NODE_CLASS_MAPPINGS["SpareApplyErasure"]()
             dial = {}
             for strength in DIAL_STRENGTHS:
-                dialled = apply.apply(model, erased.adapter, strength)["result"][0]
-                dial[str(strength)] = score(concept, evals, images_for(dialled, evals.prompts))
+                # Apply at 0 returns its input and at 1 patches exactly as the Train node's MODEL output does
+                # (the same bridge call), so those two are the images already judged; only 0.5 and 1.5 are new.
+                if strength == 0.0:
+                    dial[str(strength)] = {k: v for k, v in results["base"][concept.label()].items() if k != "second_judge"}
+                elif strength == 1.0:
+                    dial[str(strength)] = {k: scores[k] for k in ("UA", "IRA", "CRA", "paraphrase_UA")}
+                else:
+                    dialled = apply.apply(model, erased.adapter, strength)["result"][0]
+                    dial[str(strength)] = score(concept, evals, images_for(dialled, evals.prompts))
                 report(f"{concept.label():16s} spare at strength {strength}: {dial[str(strength)]}")
             results.setdefault("strength_dial", {})[concept.label()] = dial
         report(f"{concept.label():16s} {method:24s} UA {scores['UA']:.3f} IRA {scores['IRA']:.3f} "
