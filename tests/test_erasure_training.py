@@ -57,6 +57,19 @@ def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(
     assert retain_drift <= 0.10 * initial_gap, f"retain drift {retain_drift:.4f} vs initial gap {initial_gap:.4f}"
 
 
+def _held_out(bridge, forget, seed: int):
+    """Fixed held-out draws (4 per forget latent, noise and timesteps from their own generator): returns a
+    function giving any model's noise prediction on them for a conditioning, and the draws' timestep indices."""
+    generator = torch.Generator().manual_seed(seed)
+    x0 = forget.latents.repeat(4, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=generator)
+    indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
+
+    def on(model, cond):
+        return predict(bridge, model, x0, noise, indices, cond)
+    return on, indices
+
+
 def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(bridge, small_sd15, erasure):
     """The trainer's own figures (held-out noise, its own generator): 0 before training by construction, then the
     share of the gap closed that an independent measure (the test above's) also sees."""
@@ -65,13 +78,9 @@ def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(bri
     assert (first.step, first.gap_closed, first.retain_drift) == (0, 0.0, 0.0)
     assert last.step == result.steps_done == 400 and last.concept_gap > 0
     erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
-    generator = torch.Generator().manual_seed(777)
-    x0 = forget.latents.repeat(4, 1, 1, 1)
-    noise = torch.randn(x0.shape, generator=generator)
-    indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
-    teacher = predict(bridge, small_sd15, x0, noise, indices, prompts.forget)
-    surrogate = predict(bridge, small_sd15, x0, noise, indices, prompts.surrogate)
-    student = predict(bridge, erased, x0, noise, indices, prompts.forget)
+    on, indices = _held_out(bridge, forget, seed=777)
+    teacher, surrogate = on(small_sd15, prompts.forget), on(small_sd15, prompts.surrogate)
+    student = on(erased, prompts.forget)
     with bridge.denoiser_session(small_sd15) as denoiser:  # residuals compared as denoised images: σ·ε
         sigma = denoiser.sigmas.float().cpu()[indices].view(-1, 1, 1, 1)
     independent = 1 - float((sigma * (student - surrogate)).norm() / (sigma * (teacher - surrogate)).norm())
@@ -93,16 +102,11 @@ def test_overshoot_moves_the_concept_past_the_surrogate(bridge, small_sd15, eras
     with bridge.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         pushed = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, config, seed=0)
-    generator = torch.Generator().manual_seed(4242)
-    x0 = forget.latents.repeat(4, 1, 1, 1)
-    noise = torch.randn(x0.shape, generator=generator)
-    indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
-    concept = predict(bridge, small_sd15, x0, noise, indices, prompts.forget)
-    surrogate = predict(bridge, small_sd15, x0, noise, indices, prompts.surrogate)
+    on, _ = _held_out(bridge, forget, seed=4242)
+    concept, surrogate = on(small_sd15, prompts.forget), on(small_sd15, prompts.surrogate)
 
     def student(result):
-        erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
-        return predict(bridge, erased, x0, noise, indices, prompts.forget)
+        return on(bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0), prompts.forget)
     progress_plain = _progress_along_the_gap(concept, surrogate, student(plain))
     progress_pushed = _progress_along_the_gap(concept, surrogate, student(pushed))
     assert progress_plain <= 1.0 < progress_pushed, (progress_plain, progress_pushed)
