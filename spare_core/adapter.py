@@ -103,9 +103,14 @@ def build_metadata(**values) -> dict[str, str]:
 
 
 def _default_file_mode() -> int:
-    """The mode open() would give a new file under this process's umask (0644 under the usual 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """The mode open() would give a new file under this process's umask (0644 under the usual 022). Linux reports
+    the umask in /proc; elsewhere it can only be read by setting it, which other threads would briefly see."""
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
 
 

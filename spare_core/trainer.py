@@ -4,8 +4,8 @@ Student = model + adapter, teacher = the same model with the adapter off (no sec
     L = ‖ε_S(x_t, c_forget) − sg[ε_T(x_t, c_surrogate)]‖² + λ · ‖ε_S(x_t, c_retain) − sg[ε_T(x_t, c_retain)]‖²
 (SPARE, arXiv 2602.07058, forget and retain distillation terms), with t drawn from the concept's
 timestep distribution. With overshoot η > 0 the forget target moves past the surrogate, away from the concept:
-sg[ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f))]. Only adapter parameters receive gradients, so backward stops at the earliest
-adapted layer.
+sg[ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f))]. Only adapter parameters receive gradients, so backward
+stops at the earliest adapted layer.
 """
 
 from __future__ import annotations
