@@ -223,13 +223,23 @@ class SpareSaveAdapter:
         return {"required": {
             "adapter": ADAPTER_INPUT,
             "file_name": ("STRING", {"default": "spare_erasure",
-                                     "tooltip": "File name inside models/loras ('.safetensors' is added)."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of the same name."}),
+                                     "tooltip": "File name inside models/loras ('.safetensors' is added); with "
+                                                "counter on, the start of the name. A sub/folder/ prefix is allowed."}),
+            "overwrite": ("BOOLEAN", {"default": False,
+                                      "tooltip": "With counter off: replace an existing file of the same name. "
+                                                 "With counter on it never matters: each save gets a new number."}),
+        }, "optional": {
+            "counter": ("BOOLEAN", {"default": True,
+                                    "tooltip": "Add a counter as ComfyUI's own savers do: file_name_00001_.safetensors, "
+                                               "then _00002_ on the next run, never replacing a file. Off = exactly "
+                                               "file_name ('overwrite' decides when it exists)."}),
         }}
 
-    def save(self, adapter, file_name, overwrite):
-        path = save_adapter(adapter, comfy_bridge.new_lora_file_path(file_name), overwrite=overwrite)
-        return {"ui": {"text": [path.name]}}
+    def save(self, adapter, file_name, overwrite, counter=None):
+        # A prompt written before the counter existed (counter absent) keeps its exact file name.
+        path = save_adapter(adapter, comfy_bridge.new_lora_file_path(file_name), overwrite=overwrite,
+                            counter=bool(counter))
+        return {"ui": {"text": [str(path.relative_to(comfy_bridge.lora_root()))]}}
 
 
 class SpareLoadAdapter:

@@ -115,9 +115,11 @@ def _default_file_mode() -> int:
 
 
 def write_safetensors_atomically(tensors: Mapping[str, torch.Tensor], path: os.PathLike,
-                                 metadata: Mapping[str, str] | None = None) -> Path:
+                                 metadata: Mapping[str, str] | None = None, replace: bool = True) -> Path:
     """Temp file in the same folder, then rename: a reader never sees half a file. The temp file is created
-    private (0600), so it gets the umask's mode before the rename, as ComfyUI's own files have."""
+    private (0600), so it gets the umask's mode before the rename, as ComfyUI's own files have. With
+    ``replace=False`` an existing file is never touched (FileExistsError), even when another writer creates it
+    while this one is writing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -126,19 +128,64 @@ def write_safetensors_atomically(tensors: Mapping[str, torch.Tensor], path: os.P
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                   metadata=None if metadata is None else dict(metadata))
         os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_without_replacing(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False) -> Path:
-    """Write atomically; refuse to replace a file unasked."""
+def _publish_without_replacing(tmp: str, path: Path) -> None:
+    # A hard link fails when the name exists, so check and publish are one step; a rename would replace silently.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; choose another file name, turn on counter or enable overwrite") from None
+    except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; choose another file name, turn on counter or enable overwrite") from None
+        os.replace(tmp, path)
+
+
+COUNTER_DIGITS = 5
+
+
+def _split_name(path: Path) -> tuple[str, str]:
+    return (path.name[:-len(path.suffix)], path.suffix) if path.suffix else (path.name, "")
+
+
+def numbered_path(path: os.PathLike, number: int) -> Path:
+    """``name.safetensors`` → ``name_00001_.safetensors``, the scheme ComfyUI's own savers use."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another file name or enable overwrite")
-    return write_safetensors_atomically(adapter.tensors, path, adapter.metadata)
+    stem, suffix = _split_name(path)
+    return path.with_name(f"{stem}_{number:0{COUNTER_DIGITS}d}_{suffix}")
+
+
+def next_free_number(path: os.PathLike) -> int:
+    """One above the highest counter that a file ``name_NNNNN_.suffix`` in the folder carries (1 when none)."""
+    path = Path(path)
+    stem, suffix = _split_name(path)
+    taken = re.compile(rf"^{re.escape(stem)}_(\d{{{COUNTER_DIGITS},}})_{re.escape(suffix)}$")
+    numbers = [int(m.group(1)) for p in (path.parent.iterdir() if path.parent.is_dir() else ())
+               if (m := taken.match(p.name))]
+    return max(numbers, default=0) + 1
+
+
+def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False, counter: bool = False) -> Path:
+    """Write atomically and return where. ``counter``: ``path`` plus the next free counter (name_00001_...),
+    never replacing a file; else exactly ``path``, refusing to replace a file unless ``overwrite``."""
+    if not counter:
+        return write_safetensors_atomically(adapter.tensors, path, adapter.metadata, replace=overwrite)
+    number = next_free_number(path)
+    while True:
+        try:
+            return write_safetensors_atomically(adapter.tensors, numbered_path(path, number), adapter.metadata,
+                                                replace=False)
+        except FileExistsError:  # another save took this number meanwhile
+            number += 1
 
 
 def read_metadata(path: os.PathLike) -> dict[str, str]:

@@ -375,6 +375,11 @@ def lora_file_path(name: str) -> Path:
     return Path(path)
 
 
+def lora_root() -> Path:
+    """The models/loras folder new adapters are written to (the first one ComfyUI lists)."""
+    return Path(folder_paths.get_folder_paths(LORA_FOLDER)[0]).resolve()
+
+
 def new_lora_file_path(name: str) -> Path:
     """Where a new adapter named ``name`` goes: inside the first models/loras folder, never outside it."""
     cleaned = name.strip().replace("\\", "/")
@@ -383,7 +388,7 @@ def new_lora_file_path(name: str) -> Path:
                          f"paths, e.g. 'erase_van_gogh')")
     if not cleaned.endswith(".safetensors"):
         cleaned += ".safetensors"
-    root = Path(folder_paths.get_folder_paths(LORA_FOLDER)[0]).resolve()
+    root = lora_root()
     target = (root / cleaned).resolve()
     if root not in target.parents:
         raise ValueError(f"file_name {name!r} would be written outside models/loras")

@@ -134,7 +134,7 @@ def test_save_never_overwrites_unasked_and_writes_atomically(bridge, small_sd15,
     adapter = _tiny_adapter(small_sd15)
     path = save_adapter(adapter, tmp_path / "erase.safetensors")
     original = path.read_bytes()
-    with pytest.raises(FileExistsError, match="already exists; choose another file name or enable overwrite"):
+    with pytest.raises(FileExistsError, match="already exists; choose another file name, turn on counter or enable overwrite"):
         save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path)
     assert path.read_bytes() == original
     save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path, overwrite=True)

@@ -12,7 +12,8 @@ from workflows import shrink_for_cpu
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 API_FILES = sorted((EXAMPLES / "api").glob("*.json"))
 # The erasure examples save the adapters that the load / compare / stack examples use.
-SAVES = {"erase_style": "spare_erase_van_gogh.safetensors", "erase_object": "spare_erase_cat.safetensors"}
+# Their Save nodes add a counter (the default), so a fresh models/loras gets _00001_.
+SAVES = {"erase_style": "spare_erase_van_gogh_00001_.safetensors", "erase_object": "spare_erase_cat_00001_.safetensors"}
 
 
 def _canonical(api: dict) -> dict:
@@ -44,9 +45,8 @@ def example_adapters(comfy, sd15_checkpoint):
     """Runs the erasure examples (which save the adapters the other examples load) once, in order."""
     runs = {}
     for name, file_name in SAVES.items():
-        saved = comfy.folder("loras") / file_name
-        if saved.exists():
-            saved.unlink()
+        for earlier in comfy.folder("loras").glob(file_name.replace("_00001_", "_*_")):
+            earlier.unlink()
         runs[name] = _run_example(comfy, sd15_checkpoint, name)
     return runs
 

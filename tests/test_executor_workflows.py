@@ -70,6 +70,27 @@ def test_saving_again_under_the_same_name_is_refused(comfy, erased_run, sd15_che
     assert path.read_bytes() == before
 
 
+def test_save_with_counter_numbers_each_run_like_comfyui_savers(comfy, erased_run):
+    loras = comfy.folder("loras")
+    (loras / "counted_00007_.safetensors").write_bytes(b"a user's own file")  # a gap in the numbers is kept
+    prompt = {"1": {"class_type": "SpareLoadAdapter", "inputs": {"adapter_name": "workflow_erasure.safetensors"}},
+              "2": {"class_type": "SpareSaveAdapter", "inputs": {"adapter": ["1", 0], "file_name": "counted",
+                                                                 "overwrite": False, "counter": True}}}
+    names = []
+    for run_index in range(2):
+        prompt["2"]["inputs"]["overwrite"] = bool(run_index)  # a changed input, so the executor runs the node again
+        run = comfy.run_prompt(prompt)
+        assert run.success, run.error
+        names.append(run.ui["2"]["text"][0])
+    assert names == ["counted_00008_.safetensors", "counted_00009_.safetensors"]
+    assert (loras / "counted_00007_.safetensors").read_bytes() == b"a user's own file"
+    original = load_adapter(loras / "workflow_erasure.safetensors")
+    for name in names:
+        saved = load_adapter(loras / name)
+        assert saved.metadata == original.metadata
+        assert all(torch.equal(saved.tensors[k], original.tensors[k]) for k in original.tensors)
+
+
 def test_bad_input_in_a_graph_is_a_clear_node_error(comfy, sd15_checkpoint):
     prompt = workflows.erase_and_generate(sd15_checkpoint, "never_written")
     prompt["6"]["inputs"]["forget_prompts"] = "   \n  "

@@ -113,8 +113,9 @@ def test_stock_loader_and_ksampler_draw_recognisable_objects_and_styles(comfy, s
 
 def test_example_workflow_erases_neon(comfy, synthcanvas_checkpoint):
     prompt = json.loads((REPO / "example_workflows" / "api" / "synthcanvas_erase_style.json").read_text())
-    saved = comfy.folder("loras") / "spare_erase_neon.safetensors"
-    saved.unlink(missing_ok=True)
+    for earlier in comfy.folder("loras").glob("spare_erase_neon_*_.safetensors"):
+        earlier.unlink()
+    saved = comfy.folder("loras") / "spare_erase_neon_00001_.safetensors"
     run = comfy.run_prompt(prompt)
     assert run.success, run.error
     assert saved.exists()
