@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +36,11 @@ playwright = pytest.importorskip("playwright.sync_api")
 def server(comfy, sd15_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("server")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with browser_server.comfyui_server(work, comfy.folder("checkpoints"), SCREENSHOTS / "server.log") as running:
+    # Only the test checkpoint, so that the demo model is listed only once its install command has put it there.
+    checkpoints = work / "test_checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / sd15_checkpoint).symlink_to(comfy.folder("checkpoints") / sd15_checkpoint)
+    with browser_server.comfyui_server(work, checkpoints, SCREENSHOTS / "server.log") as running:
         yield running
 
 
@@ -91,7 +97,7 @@ def _shrunk_ui(comfy, name, checkpoint, train_steps):
 
 
 def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkpoint):
-    saved = server[1] / "models" / "loras" / "spare_erase_van_gogh.safetensors"
+    saved = server[1] / "models" / "loras" / "spare_erase_van_gogh_00001_.safetensors"
     steps = 25
     page.evaluate("(wf) => app.loadGraphData(wf)", _shrunk_ui(comfy, "erase_style", sd15_checkpoint, steps))
     train_id = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareTrainAdapter').id")
@@ -136,7 +142,7 @@ def test_adapter_library_lists_saved_erasures(page):
     page.click("#spare-library-button")
     page.wait_for_selector(".spare-library-row", timeout=20000)
     rows = page.locator(".spare-library-row").all_inner_texts()
-    assert any("spare_erase_van_gogh.safetensors" in row and "Van Gogh" in row for row in rows), rows
+    assert any("spare_erase_van_gogh_00001_.safetensors" in row and "Van Gogh" in row for row in rows), rows
     page.screenshot(path=str(SCREENSHOTS / "adapter_library.png"))
     page.click("#spare-library button")
 
@@ -150,3 +156,60 @@ def test_summary_copes_with_missing_or_malformed_metadata(page):
     assert lines[0] == ["no adapter details"]
     assert lines[1] == ["LoRA without SPARE metadata"]
     assert lines[2][0] == "erases: not a list"
+
+
+def test_each_surrogate_line_is_shown_apart(page):
+    lines = page.evaluate("""async () => {
+        const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
+        return adapterSummary({is_spare: true, forget_prompts: ['a cat on a sofa', 'a cat in a garden'],
+                               surrogate_prompt: 'a dog on a sofa\\n a dog in a garden '});
+    }""")
+    assert lines[:3] == ["erases: a cat on a sofa | a cat in a garden", "→ a dog on a sofa", "→ a dog in a garden"]
+
+
+def _queue_and_wait(server, prompt: dict, timeout: float = 300) -> dict:
+    request = urllib.request.Request(f"{server[0]}/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        prompt_id = json.loads(response.read())["prompt_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{server[0]}/history/{prompt_id}") as response:
+            entry = json.loads(response.read()).get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            return entry
+        time.sleep(1)
+    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+
+def test_demo_model_reaches_load_checkpoint_with_one_command(server):
+    from synthcanvas.demo_model import CHECKPOINT_NAME
+    url, root = server
+    assert CHECKPOINT_NAME not in object_info(server, "CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0]
+    # As a user installs the pack: a folder in ComfyUI/custom_nodes; the command runs from the ComfyUI folder.
+    installed = root / "custom_nodes" / "comfyui_spare_installed"
+    installed.parent.mkdir(exist_ok=True)
+    installed.symlink_to(REPO, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")}
+    done = subprocess.run([sys.executable, f"custom_nodes/{installed.name}/scripts/install_demo_model.py"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "models" / "checkpoints" / CHECKPOINT_NAME).is_file()
+    assert CHECKPOINT_NAME in object_info(server, "CheckpointLoaderSimple")["input"]["required"]["ckpt_name"][0]
+    # The stock loader reads it and the server samples from it at the demo's 64 px.
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a star in neon style", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 0, "steps": 4, "cfg": 4.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                   "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "spare_demo_model"}},
+    }
+    entry = _queue_and_wait(server, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["7"]["images"], entry["outputs"]
+    installed.unlink()

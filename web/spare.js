@@ -29,8 +29,7 @@ export function adapterSummary(info) {
   if (info.is_spare === false && !(info.forget_prompts || []).length) return ["LoRA without SPARE metadata"];
   const forget = info.concept ? String(info.concept)
     : Array.isArray(info.forget_prompts) ? info.forget_prompts.join(" | ") : String(info.forget_prompts ?? "?");
-  const surrogate = info.concept ? info.surrogate_concept : info.surrogate_prompt;
-  const lines = [`erases: ${forget || "?"}`, `→ ${surrogate || "(unconditional)"}`];
+  const lines = [`erases: ${forget || "?"}`, ...surrogateLines(info).map((line) => `→ ${line}`)];
   if (typeof info.gap_closed === "number") {
     const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
     lines.push(`erasure check: ${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`);
@@ -43,6 +42,13 @@ export function adapterSummary(info) {
   if (info.created) facts.push(String(info.created).slice(0, 10));
   if (facts.length) lines.push(facts.join(" · "));
   return lines;
+}
+
+export function surrogateLines(info) {
+  // One entry per surrogate line: a full-prompt adapter may pair each forget prompt with its own surrogate.
+  const text = info.concept ? info.surrogate_concept : info.surrogate_prompt;
+  const lines = String(text ?? "").split("\n").map((line) => line.trim()).filter(Boolean);
+  return lines.length ? lines : ["(unconditional)"];
 }
 
 function drawLines(ctx, node, lines, top) {
@@ -161,7 +167,13 @@ async function showLibrary() {
       const row = list.insertRow();
       row.className = "spare-library-row";
       row.insertCell().textContent = adapter.file;
-      row.insertCell().textContent = adapterSummary(adapter).join("  ");
+      const details = row.insertCell();
+      for (const line of adapterSummary(adapter)) {
+        const div = document.createElement("div");
+        div.className = "spare-library-line";
+        div.textContent = line;
+        details.appendChild(div);
+      }
     }
   } catch (error) {
     list.insertRow().insertCell().textContent = `Could not list adapters: ${error}`;
