@@ -70,8 +70,6 @@ VARIANTS = {
     "defaults_overshoot1_150steps": {"from": "defaults", "train": {"overshoot": 1.0, "steps": 150}},
     "defaults_overshoot1.5": {"from": "defaults", "train": {"overshoot": 1.5}},
     "defaults_300steps": {"from": "defaults", "train": {"steps": 300}},
-    "defaults_cosine": {"from": "defaults", "train": {"learning_rate_schedule": "cosine"}},
-    "defaults_cosine_lr6e-3": {"from": "defaults", "train": {"learning_rate_schedule": "cosine", "learning_rate": 6e-3}},
 }
 
 

@@ -90,18 +90,12 @@ class TimestepConfig:
         _check_fraction("top_fraction", self.top_fraction)
 
 
-LEARNING_RATE_SCHEDULES = ("constant", "cosine")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     rank: int = _help("LoRA rank of each adapted module.", default=4)
     alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", default=4.0)
     steps: int = _help("Optimisation steps of self-distillation.", default=200)
     learning_rate: float = _help("AdamW learning rate for the adapter weights.", default=3e-3)
-    learning_rate_schedule: str = _help(
-        "How the learning rate moves over the steps: 'constant', or 'cosine' (decays from learning_rate to 0 by the "
-        "last step, so late steps refine instead of jumping).", default="constant")
     retain_weight: float = _help("λ in loss = forget + λ·retain; higher protects retained concepts more.", default=1.0)
     batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
     overshoot: float = _help(
@@ -130,9 +124,6 @@ class TrainConfig:
             raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
-            raise ValueError(f"learning_rate_schedule must be one of {', '.join(LEARNING_RATE_SCHEDULES)}, "
-                             f"got {self.learning_rate_schedule!r}")
         if not (math.isfinite(self.retain_weight) and self.retain_weight >= 0):
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight!r}")
         if not (isinstance(self.overshoot, (int, float)) and math.isfinite(self.overshoot) and self.overshoot >= 0):

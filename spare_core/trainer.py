@@ -191,13 +191,6 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     # (measured on an H100: no change beyond noise, docs/benchmarks.md; it costs nothing either).
     optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.learning_rate, weight_decay=0.0,
                                   fused=denoiser.device.type == "cuda")
-    if config.learning_rate_schedule == "cosine":
-        # Stepped after each update, so update k (from 0) uses lr·(1 + cos(πk/steps))/2: the first at full rate, the last
-        # close to 0. With a stop on the gap the schedule still spans the cap.
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: 0.5 * (1.0 + math.cos(math.pi * k / config.steps)))
-    else:
-        schedule = None
     batch = config.batch_size
     losses, forget_losses, retain_losses = [], [], []
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
@@ -235,8 +228,6 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if schedule is not None:
-                schedule.step()
             losses.append(value)
             forget_losses.append(float(forget_loss.detach()))
             retain_losses.append(float(retain_loss.detach()))
