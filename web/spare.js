@@ -6,6 +6,9 @@ import { api } from "../../scripts/api.js";
 const TRAIN_NODE = "SpareTrainAdapter";
 const ADAPTER_NODES = new Set(["SpareTrainAdapter", "SpareApplyErasure", "SpareRemoveErasure", "SpareLoadAdapter"]);
 const PANEL_HEIGHT = 86;
+const PANEL_MIN_WIDTH = 240;
+const LOSS_WIDGET = "spare_loss_curve";
+const LOSS_COLOUR = "#5a9bd5";
 
 function chain(prototype, method, extra) {
   const original = prototype[method];
@@ -59,20 +62,19 @@ function drawLines(ctx, node, lines, top) {
   ctx.restore();
 }
 
-function drawLossCurve(ctx, node, progress, top) {
-  const width = node.size[0] - 16;
+function drawLossCurve(ctx, progress, left, top, width) {
   const height = PANEL_HEIGHT - 26;
   ctx.save();
   ctx.fillStyle = "#222";
-  ctx.fillRect(8, top + 4, width, height);
-  const losses = progress.losses;
+  ctx.fillRect(left, top + 4, width, height);
+  const losses = progress?.losses ?? [];
   if (losses.length > 1) {
     const low = Math.min(...losses), high = Math.max(...losses), span = high - low || 1;
-    ctx.strokeStyle = "#5a9bd5";
+    ctx.strokeStyle = LOSS_COLOUR;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     losses.forEach((loss, i) => {
-      const x = 8 + (width * i) / (progress.total - 1 || 1);
+      const x = left + (width * i) / (progress.total - 1 || 1);
       const y = top + 4 + height - (height * (loss - low)) / span;
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
@@ -80,10 +82,41 @@ function drawLossCurve(ctx, node, progress, top) {
   }
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
-  const last = losses[losses.length - 1];
-  const gap = progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
-  ctx.fillText(`step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}${gap}`, 8, top + height + 18);
+  let text = "loss curve: shown here while the adapter trains";
+  if (progress) {
+    const last = losses[losses.length - 1];
+    const gap = progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
+    text = `step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}${gap}`;
+  }
+  ctx.fillText(text, left, top + height + 18);
   ctx.restore();
+}
+
+function addLossPanel(node) {
+  // A widget of its own, so the node's layout gives the curve fixed room below the other widgets instead of
+  // drawing over them (text boxes take whatever height a node has left). It holds no value and is not sent.
+  if (node.widgets?.some((w) => w.name === LOSS_WIDGET)) return;
+  const widget = {
+    name: LOSS_WIDGET,
+    type: LOSS_WIDGET,
+    value: null,
+    serialize: false,
+    options: { serialize: false },
+    // A fixed minimum width: returning the node's own width would let some layouts widen the node every frame.
+    computeSize: () => [PANEL_MIN_WIDTH, PANEL_HEIGHT],
+    draw(ctx, drawnNode, width, y) {
+      this.last_y = y;
+      drawLossCurve(ctx, drawnNode.spareProgress, 15, y, width - 30);
+    },
+  };
+  if (node.addCustomWidget) node.addCustomWidget(widget);
+  else (node.widgets ??= []).push(widget);
+  fitHeight(node);
+}
+
+function fitHeight(node) {
+  const needed = node.computeSize?.()[1];
+  if (needed && node.size[1] < needed) node.setSize([node.size[0], needed]);
 }
 
 app.registerExtension({
@@ -100,23 +133,24 @@ app.registerExtension({
       node.spareProgress.losses.push(Number(detail.loss));
       // The held-out erasure check arrives every few steps: share of the way from the concept to its target closed.
       if (typeof detail.gap_closed === "number") node.spareProgress.gapClosed = detail.gap_closed;
-      growFor(node, "spareProgressRoom");
       node.setDirtyCanvas(true, true);
     });
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== TRAIN_NODE) return;
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      addLossPanel(this);
+    });
+    chain(nodeType.prototype, "onConfigure", function () {
+      fitHeight(this);  // a workflow saved before the panel existed has a node too short for it
+    });
     chain(nodeType.prototype, "onExecuted", function (message) {
       // The final erasure check of the finished adapter, also when no live events were seen (another tab).
       const info = message?.spare_adapter?.[0];
       if (typeof info?.gap_closed !== "number") return;
       this.spareProgress ??= { step: info.steps_done ?? 0, total: info.steps_done ?? 0, losses: [] };
       this.spareProgress.gapClosed = info.gap_closed;
-      growFor(this, "spareProgressRoom");
       this.setDirtyCanvas(true, true);
-    });
-    chain(nodeType.prototype, "onDrawForeground", function (ctx) {
-      if (this.spareProgress && !this.flags?.collapsed) drawLossCurve(ctx, this, this.spareProgress, this.size[1] - PANEL_HEIGHT);
     });
   },
 });
@@ -136,7 +170,43 @@ app.registerExtension({
   },
 });
 
+async function fillLibrary(list, stacked = false) {
+  // Rows of the erasure adapters in models/loras: file name, then each summary line apart; stacked (one cell,
+  // the name above its lines) for the narrow sidebar.
+  try {
+    const response = await api.fetchApi("/spare/adapters");
+    const { adapters } = await response.json();
+    const spare = adapters.filter((a) => a.is_spare);
+    if (!spare.length) list.insertRow().insertCell().textContent = "No SPARE adapters yet: train one and save it.";
+    for (const adapter of spare) {
+      const row = list.insertRow();
+      row.className = "spare-library-row";
+      const name = row.insertCell();
+      name.textContent = adapter.file;
+      const details = stacked ? name : row.insertCell();
+      if (stacked) name.style.fontWeight = "bold";
+      for (const line of adapterSummary(adapter)) {
+        const div = document.createElement("div");
+        div.className = "spare-library-line";
+        div.textContent = line;
+        if (stacked) Object.assign(div.style, { fontWeight: "normal", paddingLeft: "8px" });
+        details.appendChild(div);
+      }
+    }
+  } catch (error) {
+    list.insertRow().insertCell().textContent = `Could not list adapters: ${error}`;
+  }
+}
+
+function libraryTable() {
+  const list = document.createElement("table");
+  list.className = "spare-library-list";
+  Object.assign(list.style, { borderSpacing: "8px 6px", font: "13px sans-serif" });
+  return list;
+}
+
 async function showLibrary() {
+  // A dialog, for front ends without a sidebar (the 2024 one) and for the command.
   document.getElementById("spare-library")?.remove();
   const dialog = document.createElement("div");
   dialog.id = "spare-library";
@@ -154,41 +224,54 @@ async function showLibrary() {
   close.onclick = () => dialog.remove();
   title.appendChild(close);
   dialog.appendChild(title);
-  const list = document.createElement("table");
-  list.className = "spare-library-list";
+  const list = libraryTable();
   dialog.appendChild(list);
   document.body.appendChild(dialog);
-  try {
-    const response = await api.fetchApi("/spare/adapters");
-    const { adapters } = await response.json();
-    const spare = adapters.filter((a) => a.is_spare);
-    if (!spare.length) list.insertRow().insertCell().textContent = "No SPARE adapters yet: train one and save it.";
-    for (const adapter of spare) {
-      const row = list.insertRow();
-      row.className = "spare-library-row";
-      row.insertCell().textContent = adapter.file;
-      const details = row.insertCell();
-      for (const line of adapterSummary(adapter)) {
-        const div = document.createElement("div");
-        div.className = "spare-library-line";
-        div.textContent = line;
-        details.appendChild(div);
-      }
-    }
-  } catch (error) {
-    list.insertRow().insertCell().textContent = `Could not list adapters: ${error}`;
-  }
+  await fillLibrary(list);
 }
+
+const LIBRARY_COMMAND = "SPARE.ShowAdapterLibrary";
+const LIBRARY_TITLE = "SPARE adapters";
+const LIBRARY_TOOLTIP = "List the erasure adapters in models/loras and the concepts they erase";
 
 app.registerExtension({
   name: "spare.adapterLibrary",
+  // Current front ends: a command (command palette, keybindings) with an entry in the top menu.
+  commands: [{ id: LIBRARY_COMMAND, label: "Show SPARE erasure adapters", icon: "pi pi-eraser", function: showLibrary }],
+  menuCommands: [{ path: ["Extensions", "SPARE"], commands: [LIBRARY_COMMAND] }],
   setup() {
+    const sidebar = app.extensionManager?.registerSidebarTab;
+    if (sidebar) {
+      // Current front ends: a tab in the sidebar, beside the queue, node and model libraries.
+      app.extensionManager.registerSidebarTab({
+        id: "spare-adapters", icon: "pi pi-eraser", title: LIBRARY_TITLE, tooltip: LIBRARY_TOOLTIP, type: "custom",
+        render: (element) => {
+          element.replaceChildren();
+          const panel = document.createElement("div");
+          panel.id = "spare-library-panel";
+          Object.assign(panel.style, { padding: "8px", color: "var(--fg-color, #eee)", overflowY: "auto" });
+          const heading = document.createElement("div");
+          heading.textContent = "Erasure adapters in models/loras";
+          heading.style.fontWeight = "bold";
+          const list = libraryTable();
+          panel.append(heading, list);
+          element.appendChild(panel);
+          fillLibrary(list, true);
+        },
+      });
+      return;
+    }
+    // The 2024 front end: a button in its own menu panel, in the flow of the other menu buttons.
     const button = document.createElement("button");
     button.id = "spare-library-button";
-    button.textContent = "SPARE adapters";
-    button.title = "List the erasure adapters in models/loras and the concepts they erase";
-    Object.assign(button.style, { position: "fixed", bottom: "12px", left: "12px", zIndex: 9999 });
+    button.textContent = LIBRARY_TITLE;
+    button.title = LIBRARY_TOOLTIP;
     button.onclick = showLibrary;
-    document.body.appendChild(button);
+    const menu = app.ui?.menuContainer ?? document.querySelector(".comfy-menu");
+    if (menu) menu.appendChild(button);
+    else {
+      Object.assign(button.style, { position: "fixed", top: "12px", right: "12px", zIndex: 9999 });
+      document.body.appendChild(button);
+    }
   },
 });
