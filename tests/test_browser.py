@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -114,6 +115,31 @@ def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
             assert node["widgets"][-1] == "spare_loss_curve", node["widgets"]
         assert all(spec[1].get("tooltip") for spec in inputs.values()), f"{node['type']} input without tooltip"
     page.screenshot(path=str(SCREENSHOTS / f"example_{Path(example).stem}.png"))
+    # At full scale from the graph's top-left corner: the view that example_workflows/<name>.jpg (the template's
+    # thumbnail in the template browser) was cut from.
+    page.evaluate("""() => {
+        const nodes = app.graph._nodes, canvas = app.canvas;
+        const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1]));
+        canvas.ds.scale = 1;
+        canvas.ds.offset = [-left + 20, -top + 60];
+        canvas.setDirty(true, true);
+        canvas.draw(true, true);
+    }""")
+    box = page.evaluate("() => { const r = app.canvas.canvas.getBoundingClientRect(); return [r.left, r.top]; }")
+    page.screenshot(path=str(SCREENSHOTS / f"template_{Path(example).stem}.png"),
+                    clip={"x": box[0], "y": box[1], "width": 1280, "height": 720})
+    thumbnail = REPO / "example_workflows" / f"{Path(example).stem}.jpg"
+    assert thumbnail.is_file(), f"{example} has no thumbnail for the template browser"
+    try:
+        with urllib.request.urlopen(f"{server[0]}/workflow_templates") as response:
+            listed = json.loads(response.read())
+    except urllib.error.HTTPError:  # the 2024 ComfyUI has no template browser
+        listed = {}
+    if listed:  # ComfyUI 0.3.x serves templates of custom nodes, with their thumbnails beside them
+        assert Path(example).stem in listed.get("comfyui_spare", []), listed
+        url = f"{server[0]}/api/workflow_templates/comfyui_spare/{thumbnail.name}"
+        with urllib.request.urlopen(url) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read()[:2] == b"\xff\xd8"
 
 
 def _shrunk_ui(comfy, name, checkpoint, train_steps):
