@@ -140,35 +140,30 @@ def write_safetensors_atomically(tensors: Mapping[str, torch.Tensor], path: os.P
 
 def _publish_without_replacing(tmp: str, path: Path) -> None:
     # A hard link fails when the name exists, so check and publish are one step; a rename would replace silently.
+    exists = FileExistsError(f"{path} already exists; choose another file name, turn on counter or enable overwrite")
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} already exists; choose another file name, turn on counter or enable overwrite") from None
+        raise exists from None
     except OSError:  # a file system without hard links: check, then rename (a narrow race remains)
         if path.exists():
-            raise FileExistsError(f"{path} already exists; choose another file name, turn on counter or enable overwrite") from None
+            raise exists from None
         os.replace(tmp, path)
 
 
 COUNTER_DIGITS = 5
 
 
-def _split_name(path: Path) -> tuple[str, str]:
-    return (path.name[:-len(path.suffix)], path.suffix) if path.suffix else (path.name, "")
-
-
 def numbered_path(path: os.PathLike, number: int) -> Path:
     """``name.safetensors`` → ``name_00001_.safetensors``, the scheme ComfyUI's own savers use."""
     path = Path(path)
-    stem, suffix = _split_name(path)
-    return path.with_name(f"{stem}_{number:0{COUNTER_DIGITS}d}_{suffix}")
+    return path.with_name(f"{path.stem}_{number:0{COUNTER_DIGITS}d}_{path.suffix}")
 
 
 def next_free_number(path: os.PathLike) -> int:
     """One above the highest counter that a file ``name_NNNNN_.suffix`` in the folder carries (1 when none)."""
     path = Path(path)
-    stem, suffix = _split_name(path)
-    taken = re.compile(rf"^{re.escape(stem)}_(\d{{{COUNTER_DIGITS},}})_{re.escape(suffix)}$")
+    taken = re.compile(rf"^{re.escape(path.stem)}_(\d{{{COUNTER_DIGITS},}})_{re.escape(path.suffix)}$")
     numbers = [int(m.group(1)) for p in (path.parent.iterdir() if path.parent.is_dir() else ())
                if (m := taken.match(p.name))]
     return max(numbers, default=0) + 1
