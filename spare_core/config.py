@@ -94,7 +94,7 @@ class TimestepConfig:
 class TrainConfig:
     rank: int = _help("LoRA rank of each adapted module.", default=4)
     alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", default=4.0)
-    steps: int = _help("Optimisation steps of self-distillation.", default=200)
+    steps: int = _help("Optimisation steps of self-distillation.", default=300)
     learning_rate: float = _help("AdamW learning rate for the adapter weights.", default=3e-3)
     retain_weight: float = _help("λ in loss = forget + λ·retain; higher protects retained concepts more.", default=1.0)
     batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
@@ -108,6 +108,11 @@ class TrainConfig:
         "overshoot) is closed on held-out noise and timesteps "
         "(checked every check_every steps; steps is then the cap). None = always train all steps.", default=None)
     check_every: int = _help("Steps between erasure checks (gap closed, retain drift) on held-out draws.", default=25)
+    teacher_batch_steps: int = _help(
+        "Training steps whose frozen-model targets are computed together in one batched pass (the draws and "
+        "the result are the same either way). More is faster where small batches cost little more than one "
+        "sample (CPUs) and takes that many times the activation memory of one pass; 0 = auto: 8 on a CPU, 1 on "
+        "a GPU.", default=0)
     check_samples: int = _help("Held-out noisy samples per term in each erasure check.", default=16)
     gradient_checkpointing: bool = _help(
         "Recompute each UNet block's activations during backward instead of keeping them: a fraction of the "
@@ -135,4 +140,8 @@ class TrainConfig:
                              f"got {self.erase_target!r}; e.g. 0.9, or turn the stop on the gap off")
         _check_positive_int("check_every", self.check_every)
         _check_positive_int("check_samples", self.check_samples)
+        if not isinstance(self.teacher_batch_steps, int) or isinstance(self.teacher_batch_steps, bool) \
+                or self.teacher_batch_steps < 0:
+            raise ValueError(f"teacher_batch_steps must be a whole number >= 0 (0 = auto), "
+                             f"got {self.teacher_batch_steps!r}")
 

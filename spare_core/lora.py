@@ -76,6 +76,7 @@ class SparseLoRA(nn.Module):
             raise ValueError(f"row mask of shape {tuple(row_mask.shape)} does not fit {out_features} output rows")
         mask_shape = (out_features, 1) + ((1, 1) if self.is_conv else ())
         self.register_buffer("row_mask", row_mask.to(weight.device, torch.float32).reshape(mask_shape))
+        self.all_rows = bool(row_mask.all())
         self.alpha = float(alpha)
         self.rank = rank
         if self.is_conv:
@@ -86,7 +87,8 @@ class SparseLoRA(nn.Module):
         return self.alpha / self.rank
 
     def masked_up(self) -> torch.Tensor:
-        return self.up * self.row_mask
+        # Every row free (the default row_fraction 1.0): no mask to multiply in each forward and backward.
+        return self.up if self.all_rows else self.up * self.row_mask
 
     def unscaled_delta(self, x: torch.Tensor) -> torch.Tensor:
         """up(down(x)) before the alpha / rank scale, in x's dtype if half precision (see the class), else float32."""

@@ -24,11 +24,12 @@ from .generation import SamplerSettings, encode, generate
 from .metrics import erasure_scores
 from .render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption
 
-METHODS = ("spare", "spare_earlier", "esd_x", "uce", "spare_no_overshoot", "spare_full_prompts", "spare_lr_1e-4",
-           "spare_timesteps_all_samples", "spare_half_modules", "spare_half_modules_contrast", "spare_no_saliency",
-           "spare_uniform_timesteps", "spare_no_retain")
-SHORT_NAMES = {"spare_earlier": "earlier", "spare_no_overshoot": "no oversh.", "spare_full_prompts": "full prm.",
-               "spare_lr_1e-4": "lr 1e-4", "spare_timesteps_all_samples": "t all smp", "spare_half_modules": "half mod.",
+METHODS = ("spare", "spare_earlier", "esd_x", "uce", "spare_no_overshoot", "spare_200_steps", "spare_full_prompts",
+           "spare_lr_1e-4", "spare_timesteps_all_samples", "spare_half_modules", "spare_half_modules_contrast",
+           "spare_no_saliency", "spare_uniform_timesteps", "spare_no_retain")
+SHORT_NAMES = {"spare_earlier": "earlier", "spare_no_overshoot": "no oversh.", "spare_200_steps": "200 steps",
+               "spare_full_prompts": "full prm.", "spare_lr_1e-4": "lr 1e-4",
+               "spare_timesteps_all_samples": "t all smp", "spare_half_modules": "half mod.",
                "spare_half_modules_contrast": "half ctr.", "spare_no_saliency": "no salien.",
                "spare_uniform_timesteps": "uniform t", "spare_no_retain": "no retain"}
 EVAL_SEED = evaluation.HELD_OUT_SAMPLER_SEED + 7
@@ -240,6 +241,7 @@ def node_defaults(node_class) -> dict:
 ABLATIONS = {
     "spare_no_overshoot": "overshoot 0 (the forget target exactly at the surrogate, the earlier behaviour) instead "
                           "of the default",
+    "spare_200_steps": "200 training steps (the default before 300)",
     "spare_full_prompts": "the earlier prompt lines (the concept's 8 pairs, one surrogate line each, each other "
                           "concept of the domain once) instead of the phrase path",
     "spare_lr_1e-4": "learning rate 1e-4 (the node's earlier default)",
@@ -315,6 +317,9 @@ class Eraser:
 
     def _spare_no_overshoot(self, concept):
         return self._spare(concept, overshoot=0.0)
+
+    def _spare_200_steps(self, concept):
+        return self._spare(concept, steps=200)
 
     def _spare_full_prompts(self, concept):
         return self._spare(concept, full_prompts=True)
