@@ -111,8 +111,8 @@ class TrainConfig:
     teacher_batch_steps: int = _help(
         "Training steps whose frozen-model targets are computed together in one batched pass (the draws and "
         "the result are the same either way). More is faster where small batches cost little more than one "
-        "sample (CPUs) and takes that many times the activation memory of one pass; 0 = auto: 8 on a CPU, 1 on "
-        "a GPU.", default=0)
+        "sample (CPUs, small latents) and takes that many times the activation memory of one pass; 0 = auto: on "
+        "a CPU up to 8, fewer as latents grow (1 from SD1.5's 512 px), and 1 on a GPU.", default=0)
     check_samples: int = _help("Held-out noisy samples per term in each erasure check.", default=16)
     gradient_checkpointing: bool = _help(
         "Recompute each UNet block's activations during backward instead of keeping them: a fraction of the "

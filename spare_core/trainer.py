@@ -171,10 +171,24 @@ def _student_check(denoiser: Denoiser, batch: _CheckBatch, teacher, step: int, o
     return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap)
 
 
-# Teacher passes of several steps in one batch: on a CPU a batch of 6 latents costs about as much as one of 12,
-# so the frozen model's targets for 8 steps together cost a third of 8 separate passes (demo model, 2 cores).
-# GPUs keep one pass per step: their batch is cheap already, and memory is what a larger one would cost.
+# Teacher passes of several steps in one batch: on a CPU a batch of 6 small latents costs about as much as one of
+# 12, so the frozen model's targets for 8 steps together cost half of 8 separate passes (demo model, 8×8 latents,
+# 2 cores). That holds only while a pass is overhead-bound, i.e. for small latents; larger ones gain little and a
+# pass's activation memory grows with its batch, so the automatic choice keeps a pass within the latent pixels of
+# 48 latents of 16×16 (one step at SD1.5's 64×64, two at 32×32). GPUs keep one pass per step: their batch is
+# cheap already, and memory is what a larger one would cost.
 AUTO_TEACHER_STEPS_CPU = 8
+AUTO_TEACHER_PASS_PIXELS = 48 * 16 * 16
+
+
+def teacher_steps_per_pass(config: TrainConfig, denoiser: Denoiser, latent_shape: tuple[int, ...]) -> int:
+    if config.teacher_batch_steps:
+        return config.teacher_batch_steps
+    if denoiser.device.type != "cpu":
+        return 1
+    rows_per_step = (3 if config.overshoot else 2) * config.batch_size
+    fit = AUTO_TEACHER_PASS_PIXELS // (rows_per_step * math.prod(latent_shape[-2:]))
+    return max(1, min(AUTO_TEACHER_STEPS_CPU, fit))
 
 
 @dataclass
@@ -248,7 +262,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     batch = config.batch_size
     losses, forget_losses, retain_losses = [], [], []
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
-    per_pass = config.teacher_batch_steps or (AUTO_TEACHER_STEPS_CPU if denoiser.device.type == "cpu" else 1)
+    per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape))
     pending: list[_StepDraw] = []
     with adapters.attached(denoiser.unet), recomputed_in_backward(blocks):
         for step in range(config.steps):

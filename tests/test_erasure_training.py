@@ -223,6 +223,19 @@ def test_teacher_targets_batched_over_steps_train_the_same_adapter(bridge, small
         TrainConfig(teacher_batch_steps=-1)
 
 
+def test_automatic_teacher_batching_shrinks_with_the_latent_and_stays_off_on_gpus():
+    """Batching teacher passes over steps pays only while a pass is overhead-bound; it must never multiply the
+    activation memory of a large model's pass (SD1.5 at 512 px: 64×64 latents) or of any GPU pass."""
+    from types import SimpleNamespace
+
+    from spare_core.trainer import teacher_steps_per_pass
+    cpu, gpu = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda"))
+    steps = {side: teacher_steps_per_pass(TrainConfig(), cpu, (1, 4, side, side)) for side in (8, 16, 32, 64, 128)}
+    assert steps == {8: 8, 16: 8, 32: 2, 64: 1, 128: 1}
+    assert teacher_steps_per_pass(TrainConfig(), gpu, (1, 4, 8, 8)) == 1
+    assert teacher_steps_per_pass(TrainConfig(teacher_batch_steps=3), gpu, (1, 4, 64, 64)) == 3
+
+
 def test_checkpointing_puts_back_a_forward_patched_on_the_instance():
     block = torch.nn.Linear(2, 2)
     patched = lambda x: block.__class__.forward(block, x) * 2  # noqa: E731 (what another pack's patch looks like)
