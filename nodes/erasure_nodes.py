@@ -8,42 +8,46 @@ from __future__ import annotations
 import os
 
 from ..spare_core import comfy_bridge, pipeline
-from ..spare_core.prompts import PHRASE_RULE, ErasurePrompts
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
+from ..spare_core.prompts import PHRASE_RULE, ErasurePrompts
 
 CATEGORY = "SPARE"
 SALIENCY, TIMESTEPS, ADAPTER = "SPARE_SALIENCY", "SPARE_TIMESTEPS", "SPARE_ADAPTER"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
-MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from (SD1.x, SD2.x or SDXL). It is never modified."})
+MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from (SD1.x, SD2.x or SDXL). It is never "
+                                    "modified."})
 CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
 FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
-                           "tooltip": "The concept to erase: a phrase such as 'Van Gogh style' or 'a cat', or full prompts, "
-                                      "one per line. " + PHRASE_RULE})
+                           "tooltip": "The concept to erase: a phrase such as 'Van Gogh style' or 'a cat', or full "
+                                      "prompts, one per line. " + PHRASE_RULE})
 SURROGATE_INPUT = ("STRING", {"multiline": True, "default": "a painting",
-                              "tooltip": "What the concept should turn into: a phrase for a concept phrase ('pastel style', "
-                                         "'a painting' for a style, 'a dog' for 'a cat'); for full prompts one line for all of "
-                                         "them, or one line per forget prompt in the same order. Empty = the unconditional "
-                                         "prediction."})
+                              "tooltip": "What the concept should turn into: a phrase for a concept phrase ('pastel "
+                                         "style', 'a painting' for a style, 'a dog' for 'a cat'); for full prompts one "
+                                         "line for all of them, or one line per forget prompt in the same order. Empty "
+                                         "= the unconditional prediction."})
 RETAIN_INPUT = ("STRING", {"multiline": True, "default": "",
-                           "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept protect "
-                                      "best. With a concept phrase, short lines are phrases too ('Monet style', 'a dog'): they "
-                                      "are expanded like the concept and give it its context (a style is drawn on the "
-                                      "retained subjects, a subject in the retained styles). Empty = keep the model's "
-                                      "unconditional prediction."})
+                           "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept "
+                                      "protect best. With a concept phrase, short lines are phrases too ('Monet "
+                                      "style', 'a dog'): they are expanded like the concept and give it its context (a "
+                                      "style is drawn on the retained subjects, a subject in the retained styles). "
+                                      "Empty = keep the model's unconditional prediction."})
 SAMPLES_INPUT = ("INT", {"default": SampleConfig().samples_per_prompt, "min": 1, "max": 64,
                          "tooltip": help_text(SampleConfig, "samples_per_prompt")})
 RESOLUTION_INPUT = ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
                             "tooltip": "Side in pixels of the square sample images the model draws for itself. 0 = the "
-                                       "model's native size (SD1.x 512, SD2.x 768 or 512, SDXL 1024, the SynthCanvas demo "
-                                       "model 64)."})
-SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed for sample latents, noise and adapter initialisation."})
-LATENT_INPUT = ("LATENT", {"tooltip": "Optional: VAE-encoded images of the concept to use instead of self-generated samples."})
+                                       "model's native size (SD1.x 512, SD2.x 768 or 512, SDXL 1024, the SynthCanvas "
+                                       "demo model 64)."})
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                      "tooltip": "Seed for sample latents, noise and adapter initialisation."})
+LATENT_INPUT = ("LATENT", {"tooltip": "Optional: VAE-encoded images of the concept to use instead of self-generated "
+                                      "samples."})
 
 
 def _fraction(config_class, name: str, default: float):
-    return ("FLOAT", {"default": default, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": help_text(config_class, name)})
+    return ("FLOAT", {"default": default, "min": 0.01, "max": 1.0, "step": 0.01,
+                      "tooltip": help_text(config_class, name)})
 
 
 def _samples(model, samples: int, resolution: int) -> SampleConfig:
@@ -87,7 +91,8 @@ class SpareComputeSaliency:
 
 
 class SpareTimestepSelector:
-    DESCRIPTION = "Measures at which timesteps the concept changes the model's prediction and turns that into a sampling distribution."
+    DESCRIPTION = ("Measures at which timesteps the concept changes the model's prediction and turns that into a "
+                   "sampling distribution.")
     CATEGORY = CATEGORY
     FUNCTION = "select"
     RETURN_TYPES = (TIMESTEPS, "IMAGE")
@@ -98,7 +103,8 @@ class SpareTimestepSelector:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompt": FORGET_INPUT, "surrogate_prompt": SURROGATE_INPUT,
+            "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompt": FORGET_INPUT,
+            "surrogate_prompt": SURROGATE_INPUT,
             "bins": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": help_text(TimestepConfig, "bins")}),
             "temperature": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 100.0, "step": 0.05,
                                       "tooltip": help_text(TimestepConfig, "temperature")}),
@@ -129,7 +135,8 @@ class SpareTrainAdapter:
         defaults = TrainConfig()
 
         def number(kind, name, low, high, step=None):
-            spec = {"default": getattr(defaults, name), "min": low, "max": high, "tooltip": help_text(TrainConfig, name)}
+            spec = {"default": getattr(defaults, name), "min": low, "max": high,
+                    "tooltip": help_text(TrainConfig, name)}
             if step is not None:
                 spec["step"] = step
             return (kind, spec)
@@ -147,14 +154,15 @@ class SpareTrainAdapter:
             # Optional so that workflows saved before it existed still validate.
             "gradient_checkpointing": ("BOOLEAN", {"default": False,
                                                    "tooltip": help_text(TrainConfig, "gradient_checkpointing")}),
-            "saliency": (SALIENCY, {"tooltip": "From Compute Saliency Mask; computed with defaults when not connected."}),
+            "saliency": (SALIENCY, {"tooltip": "From Compute Saliency Mask; computed with defaults when not "
+                                               "connected."}),
             "timesteps": (TIMESTEPS, {"tooltip": "From Timestep Selector; computed with defaults when not connected."}),
             "forget_latents": LATENT_INPUT,
             "erase_target": ("FLOAT", {"default": defaults.erase_target or 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Train until this share of the way from the concept's prediction to its "
-                                                  "target (the surrogate, overshot by 'overshoot') is closed, checked on "
-                                                  "held-out noise every few steps; 'steps' is then the cap. 0 = always "
-                                                  "train all steps."}),
+                                       "tooltip": "Train until this share of the way from the concept's prediction to "
+                                                  "its target (the surrogate, overshot by 'overshoot') is closed, "
+                                                  "checked on held-out noise every few steps; 'steps' is then the cap. "
+                                                  "0 = always train all steps."}),
             "overshoot": number("FLOAT", "overshoot", 0.0, 4.0, 0.05),
         }}
 
@@ -230,9 +238,10 @@ class SpareSaveAdapter:
                                                  "With counter on it never matters: each save gets a new number."}),
         }, "optional": {
             "counter": ("BOOLEAN", {"default": True,
-                                    "tooltip": "Add a counter as ComfyUI's own savers do: file_name_00001_.safetensors, "
-                                               "then _00002_ on the next run, never replacing a file. Off = exactly "
-                                               "file_name ('overwrite' decides when it exists)."}),
+                                    "tooltip": "Add a counter as ComfyUI's own savers do: "
+                                               "file_name_00001_.safetensors, then _00002_ on the next run, never "
+                                               "replacing a file. Off = exactly file_name ('overwrite' decides when "
+                                               "it exists)."}),
         }}
 
     def save(self, adapter, file_name, overwrite, counter=None):

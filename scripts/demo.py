@@ -99,7 +99,7 @@ def main() -> int:
     rows = benchmark.grid_rows(CONCEPT)
     tiles = [[benchmark._uint8(b), benchmark._uint8(a)] for b, a in zip(
         generate(runtime.nodes, base, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler),
-        generate(runtime.nodes, erased, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler))]
+        generate(runtime.nodes, erased, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler), strict=True)]
     grid = benchmark.grid(rows, ["before", "after"], tiles, out / "synthcanvas_erase_neon_grid.png")
     metrics = {"concept": CONCEPT.label(), "workflow_seconds": round(seconds, 1), **scores,
                "definitions": "UA: share of 'neon' images not classified neon; IRA: style accuracy on the other "
@@ -108,7 +108,8 @@ def main() -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for name in ("before", "after"):
         s = scores[name]
-        print(f"{name:6s}  UA {s['UA']:.3f}  IRA {s['IRA']:.3f}  CRA {s['CRA']:.3f}  paraphrase UA {s['paraphrase_UA']:.3f}")
+        print(f"{name:6s}  UA {s['UA']:.3f}  IRA {s['IRA']:.3f}  CRA {s['CRA']:.3f}  "
+              f"paraphrase UA {s['paraphrase_UA']:.3f}")
     print(f"grid:    {grid}\nmetrics: {out / 'metrics.json'}")
     return 0
 

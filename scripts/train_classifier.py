@@ -2,7 +2,8 @@
 
     python scripts/train_classifier.py                       # 200 seeds × 64 concepts, 10 epochs
     python scripts/train_classifier.py --adapt-to-demo-vae   # ... then 2 epochs with the demo VAE's round trips
-    python scripts/train_classifier.py --adapt-to-demo-vae --skip-base   # only the second stage, from the shipped weights
+    python scripts/train_classifier.py --adapt-to-demo-vae --skip-base
+        # only the second stage, from the shipped weights
     python scripts/train_classifier.py --adapt-to-demo-vae --skip-base --hybrids --seeds 100   # the shipped judge
 
 Prints held-out accuracy on renders (and on their demo-VAE round trips when adapting).
@@ -14,7 +15,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -34,12 +34,15 @@ def main() -> int:
     parser.add_argument("--skip-base", action="store_true", help="start the adaptation from the shipped weights")
     parser.add_argument("--hybrids", action="store_true",
                         help="adapt on hybrid renders too (strokes of one style on another's background, labelled by "
-                             "the strokes), so that a partial erasure that changes only the background is not counted")
+                             "the strokes), so that a partial erasure that changes only the background is not "
+                             "counted")
     parser.add_argument("--vae-weights", type=Path, default=None,
-                        help="TAESD weights to adapt to (default: the VAE in synthcanvas/weights/demo_model.safetensors)")
+                        help="TAESD weights to adapt to (default: the VAE in "
+                             "synthcanvas/weights/demo_model.safetensors)")
     args = parser.parse_args()
     started = time.perf_counter()
-    model = classifier.load() if args.skip_base else classifier.train(seeds=args.seeds, epochs=args.epochs, report=print)
+    model = classifier.load() if args.skip_base else classifier.train(seeds=args.seeds, epochs=args.epochs,
+                                                                      report=print)
     held_out = range(classifier.HELD_OUT_SEED_OFFSET, classifier.HELD_OUT_SEED_OFFSET + 20)
     round_trip = None
     if args.adapt_to_demo_vae:
@@ -70,6 +73,7 @@ def demo_vae_round_trip(path: Path | None = None):
     import comfy_runtime
     comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-classifier-")), cpu=not torch.cuda.is_available())
     import comfy.taesd.taesd
+
     from synthcanvas import demo_model
     state = demo_model.trained_state(path or demo_model.WEIGHTS)
     if any(k.startswith(demo_model.VAE_PREFIX) for k in state):

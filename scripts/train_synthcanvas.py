@@ -2,7 +2,8 @@
 classifier must recognise what the stock KSampler generates from held-out seeds.
 
     python scripts/train_synthcanvas.py                      # full recipe (minutes on a GPU)
-    python scripts/train_synthcanvas.py --install            # ... and replace synthcanvas/weights/demo_model.safetensors
+    python scripts/train_synthcanvas.py --install
+        # ... and replace synthcanvas/weights/demo_model.safetensors
     python scripts/train_synthcanvas.py --unet-steps 20 --vae-steps 20 --seeds 4   # a quick check of the code path
     python scripts/train_synthcanvas.py --reuse-vae W --decoder-steps 0 --init-unet W --unet-steps 3000
         # W = synthcanvas/weights/demo_model.safetensors: keep its VAE, train its UNet 3000 more steps

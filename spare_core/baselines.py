@@ -78,7 +78,7 @@ def train_esd_x(denoiser: Denoiser, concept: Conditioning, uncond: Conditioning,
         x = x * schedule[0]
         with torch.no_grad():
             with _weights(modules, _cast_like(trainable, modules)):  # x_t is drawn from the model being trained
-                for sigma, sigma_next in zip(schedule[:stop], schedule[1:stop + 1]):
+                for sigma, sigma_next in zip(schedule[:stop], schedule[1:stop + 1], strict=True):
                     s = torch.full((2,), float(sigma), device=denoiser.device)
                     eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), s, both).chunk(2)
                     x = x + (eps_u + config.sampling_guidance * (eps_c - eps_u)) * float(sigma_next - sigma)

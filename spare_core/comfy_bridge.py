@@ -12,15 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import torch
-from torch import nn
-
 import comfy.lora
 import comfy.model_base
 import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
+import torch
+from torch import nn
 
 from .adapter import ErasureAdapter
 from .denoiser import Conditioning, Denoiser
@@ -133,8 +132,8 @@ def encode_prompts(model, clip, prompts: Sequence[str], width: int, height: int,
         pooled.append(pool)
     lengths = {c.shape[1] for c in contexts}
     if len(lengths) > 1:
-        raise ValueError(f"{input_name}: prompts must each fit in one 75-token chunk (token lengths {sorted(lengths)}); "
-                         f"shorten the longer prompts")
+        raise ValueError(f"{input_name}: prompts must each fit in one 75-token chunk (token lengths "
+                         f"{sorted(lengths)}); shorten the longer prompts")
     pooled_tensor = None if any(p is None for p in pooled) else torch.cat(pooled)
     return conditioning_from_tensors(model, torch.cat(contexts), pooled_tensor, width, height)
 
@@ -300,7 +299,8 @@ def check_adapter_fits(model, adapter: ErasureAdapter) -> None:
     made_for = adapter.metadata.get("base_model", "an unknown model")
     if unmatched:
         raise ValueError(f"adapter does not fit this model: {len(unmatched)} of {len(stems)} modules did not match "
-                         f"(e.g. {unmatched[0]}); it was made for {made_for}, this model is {type(model.model).__name__}")
+                         f"(e.g. {unmatched[0]}); it was made for {made_for}, this model is "
+                         f"{type(model.model).__name__}")
     for stem in stems:
         weight = model.model.get_submodule(key_map[stem][:-len(".weight")]).weight
         up = adapter.tensors[f"{stem}.lora_up.weight"]

@@ -31,8 +31,10 @@ def _check_positive_int(name: str, value: int) -> None:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    samples_per_prompt: int = _help("Latents the frozen model generates per prompt; they stand in for a dataset.", default=2)
-    steps: int = _help("Euler steps used to generate each sample latent (few are enough to show the concept).", default=8)
+    samples_per_prompt: int = _help("Latents the frozen model generates per prompt; they stand in for a dataset.",
+                                    default=2)
+    steps: int = _help("Euler steps used to generate each sample latent (few are enough to show the concept).",
+                       default=8)
     cfg: float = _help("Classifier-free guidance scale used while generating the sample latents.", default=5.0)
     width: int = _help("Width in pixels of the generated sample images (latent is width/8).", default=512)
     height: int = _help("Height in pixels of the generated sample images (latent is height/8).", default=512)
@@ -72,13 +74,15 @@ class SaliencyConfig:
 @dataclass(frozen=True)
 class TimestepConfig:
     bins: int = _help("Number of equal bins the model's timestep schedule is split into.", default=10)
-    draws_per_bin: int = _help("Noisy draws per bin used to measure how much the concept changes the prediction.", default=4)
+    draws_per_bin: int = _help("Noisy draws per bin used to measure how much the concept changes the prediction.",
+                               default=4)
     samples_per_draw: int = _help(
         "Concept samples in each draw (all of them when fewer): the phrase path makes dozens, and a bin's score "
         "needs only a few dozen noisy predictions.", default=16)
     temperature: float = _help(
         "Sharpness of the sampling distribution: p ∝ score^(1/temperature). Large = closer to uniform.", default=1.0)
-    top_fraction: float = _help("Share of bins (highest scores) that training may sample; the rest get zero.", default=1.0)
+    top_fraction: float = _help("Share of bins (highest scores) that training may sample; the rest get zero.",
+                                default=1.0)
 
     def __post_init__(self):
         if not isinstance(self.bins, int) or isinstance(self.bins, bool) or self.bins < 1:

@@ -22,7 +22,8 @@ class Conditioning:
 
     def __post_init__(self):
         if self.context.ndim != 3:
-            raise ValueError(f"conditioning context must be (prompts, tokens, dim), got shape {tuple(self.context.shape)}")
+            raise ValueError(f"conditioning context must be (prompts, tokens, dim), got shape "
+                             f"{tuple(self.context.shape)}")
         if self.y is not None and self.y.shape[0] != self.context.shape[0]:
             raise ValueError(f"conditioning y has {self.y.shape[0]} rows but context has {self.context.shape[0]}")
 

@@ -137,19 +137,20 @@ class SparseLoRASet(nn.Module):
         stems = sorted({key.split(".")[0] for key in state})
         unknown = [s for s in stems if s not in paths]
         if unknown:
-            raise ValueError(f"{len(unknown)} of {len(stems)} adapter modules are not in this model (e.g. {unknown[0]})")
+            raise ValueError(f"{len(unknown)} of {len(stems)} adapter modules are not in this model "
+                             f"(e.g. {unknown[0]})")
         first_down = state[f"{stems[0]}.lora_down.weight"]
         alpha = float(state.get(f"{stems[0]}.alpha", torch.tensor(float(first_down.shape[0]))))
         lora_set = SparseLoRASet(unet, first_down.shape[0], alpha, {paths[s]: None for s in stems}, seed=0)
         with torch.no_grad():
-            for stem, adapter in zip(stems, lora_set.adapters):
+            for stem, adapter in zip(stems, lora_set.adapters, strict=True):
                 adapter.down.copy_(state[f"{stem}.lora_down.weight"])
                 adapter.up.copy_(state[f"{stem}.lora_up.weight"])
                 adapter.alpha = float(state.get(f"{stem}.alpha", torch.tensor(float(adapter.rank))))
         return lora_set
 
     def items(self) -> Iterator[tuple[str, SparseLoRA]]:
-        return zip(self.paths, self.adapters)
+        return zip(self.paths, self.adapters, strict=True)
 
     @contextlib.contextmanager
     def attached(self, unet: nn.Module):

@@ -22,6 +22,10 @@ from .samples import ConceptSamples, generate_samples
 from .timesteps import TimestepDistribution, select_timesteps
 from .trainer import TrainResult, train_adapter
 
+# Frozen (immutable) configs: safe to share as argument defaults.
+_DEFAULT_SALIENCY = SaliencyConfig()
+_DEFAULT_TIMESTEPS = TimestepConfig()
+
 
 @dataclass(frozen=True)
 class _Encoded:
@@ -85,8 +89,8 @@ class TrainedErasure:
 def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
                     saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
                     forget_latents: Optional[torch.Tensor] = None, loss_hook=None,
-                    saliency_config: SaliencyConfig = SaliencyConfig(),
-                    timestep_config: TimestepConfig = TimestepConfig()) -> TrainedErasure:
+                    saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
+                    timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS) -> TrainedErasure:
     """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``."""
     family = comfy_bridge.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
@@ -117,7 +121,8 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         base_model=family, modules=len(saliency.selected), module_fraction=saliency.module_fraction,
         row_fraction=saliency.row_fraction, timestep_bin_edges=list(timesteps.bin_edges),
         timestep_probabilities=[round(p, 6) for p in timesteps.probabilities], seed=seed,
-        final_loss=result.losses[-1], created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        final_loss=result.losses[-1],
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **asdict(config))
     adapter = ErasureAdapter(result.state_dict, metadata)
     title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
@@ -131,7 +136,8 @@ def saliency_chart(result: SaliencyMap) -> torch.Tensor:
     selected_blocks = {block_of(name) for name in result.selected}
     names = list(blocks)
     return charts.bar_chart([blocks[n] for n in names], [_short_block(n) for n in names],
-                            f"saliency per UNet block ({len(result.selected)} modules kept, orange = holds kept modules)",
+                            f"saliency per UNet block ({len(result.selected)} modules kept, "
+                            f"orange = holds kept modules)",
                             [n in selected_blocks for n in names])
 
 
@@ -144,5 +150,5 @@ def _short_block(name: str) -> str:
 
 
 def timestep_chart(result: TimestepDistribution) -> torch.Tensor:
-    labels = [f"{lo}-{hi}" for lo, hi in zip(result.bin_edges[:-1], result.bin_edges[1:])]
+    labels = [f"{lo}-{hi}" for lo, hi in zip(result.bin_edges[:-1], result.bin_edges[1:], strict=True)]
     return charts.bar_chart(list(result.probabilities), labels, "timestep sampling probability per bin")

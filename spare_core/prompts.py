@@ -127,7 +127,7 @@ def expand_phrase(concept: str, surrogate: str, retain_phrases: list[str]) -> Ex
             else:
                 template, style = _subject(phrase, styles, n + len(SUBJECT_TEMPLATES) * (r % 2))
                 retain.append(template.format(x=phrase, s=style))
-    forget_pairs = list(dict.fromkeys(zip(forget, surrogates)))
+    forget_pairs = list(dict.fromkeys(zip(forget, surrogates, strict=True)))
     return Expansion(tuple(f for f, _ in forget_pairs), tuple(s for _, s in forget_pairs),
                      tuple(dict.fromkeys(retain)))
 
@@ -164,7 +164,7 @@ class ErasurePrompts:
         if needs_surrogate and len(lines) not in (1, len(forget)):
             raise ValueError(f"surrogate_prompt has {len(lines)} lines for {len(forget)} forget prompts: write one "
                              f"surrogate for all of them, or one line per forget prompt in the same order")
-        pairs = zip(forget, lines * len(forget) if len(lines) == 1 else lines)
+        pairs = zip(forget, lines * len(forget) if len(lines) == 1 else lines, strict=True)
         same = [f for f, s in pairs if f == s]
         if needs_surrogate and same:
             raise ValueError(f"surrogate_prompt {same[0]!r} equals a forget prompt: the surrogate is what the "

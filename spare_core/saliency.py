@@ -80,7 +80,7 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
     stats = {name: RowSaliency(torch.zeros(w.shape[0], device=w.device),
                                None if retain is None else torch.zeros(w.shape[0], device=w.device),
                                None if retain is None else torch.zeros(w.shape[0], device=w.device))
-             for name, w in zip(modules, weights)}
+             for name, w in zip(modules, weights, strict=True)}
     count = len(forget)
     conds = [forget.cond]
     if retain is not None:
@@ -98,7 +98,7 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
     saved_grads = [w.grad for w in weights]
     handles = []
     try:
-        for name, w in zip(modules, weights):
+        for name, w in zip(modules, weights, strict=True):
             w.grad = None
             w.requires_grad_(True)
             handles.append(w.register_post_accumulate_grad_hook(reduce_and_drop(name)))
@@ -121,7 +121,7 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
     finally:
         for handle in handles:
             handle.remove()
-        for w, flag, grad in zip(weights, previous, saved_grads):
+        for w, flag, grad in zip(weights, previous, saved_grads, strict=True):
             w.requires_grad_(flag)
             w.grad = grad
     return stats
@@ -158,7 +158,7 @@ def compute_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: Optiona
         specific = _unit_max(torch.stack([_contrast_scores(stats[n], per_row=False) for n in names]))
         module_scores = (1 - weight) * module_scores + weight * specific
         rows = {n: (1 - weight) * rows[n] + weight * _unit_max(_contrast_scores(stats[n], per_row=True)) for n in names}
-    scores = {n: float(v) for n, v in zip(names, module_scores)}
+    scores = {n: float(v) for n, v in zip(names, module_scores, strict=True)}
     ranked = sorted(names, key=lambda n: (-scores[n], n))
     selected = tuple(ranked[:keep_count(config.module_fraction, len(ranked))])
     row_masks = {}

@@ -64,7 +64,7 @@ def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditio
     x = torch.randn(shape, generator=generator).to(denoiser.device) * sigmas[0]
     uncond_rows = uncond.select(torch.zeros(count, dtype=torch.long))
     both = Conditioning.cat([cond.to(denoiser.device, denoiser.dtype), uncond_rows.to(denoiser.device, denoiser.dtype)])
-    for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+    for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         sigma_batch = torch.full((2 * count,), float(sigma), device=denoiser.device)
         eps_cond, eps_uncond = denoiser.predict_noise(torch.cat([x, x]), sigma_batch, both).chunk(2)
         eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)

@@ -15,8 +15,8 @@ import torch
 
 from .config import TimestepConfig
 from .denoiser import Conditioning, Denoiser
-from .samples import ConceptSamples
 from .saliency import keep_count
+from .samples import ConceptSamples
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def equal_bins(num_timesteps: int, bins: int) -> tuple[int, ...]:
     return tuple(round(k * num_timesteps / bins) for k in range(bins + 1))
 
 
-def distribution_from_scores(scores: list[float], edges: tuple[int, ...], config: TimestepConfig) -> TimestepDistribution:
+def distribution_from_scores(scores: list[float], edges: tuple[int, ...],
+                             config: TimestepConfig) -> TimestepDistribution:
     values = torch.tensor(scores, dtype=torch.float64).clamp_min(0)
     keep = keep_count(config.top_fraction, len(scores))
     kept = torch.zeros_like(values, dtype=torch.bool)

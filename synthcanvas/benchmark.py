@@ -67,7 +67,8 @@ class Concept:
         names = STYLES if self.domain == "style" else OBJECTS
         partners = OBJECTS if self.domain == "style" else STYLES
         others = [n for n in names if n != self.name]
-        return [caption(*((partners[i % len(partners)], n) if self.domain == "style" else (n, partners[i % len(partners)])))
+        return [caption(*((partners[i % len(partners)], n) if self.domain == "style"
+                          else (n, partners[i % len(partners)])))
                 for i, n in enumerate(others)]
 
     def label(self) -> str:
@@ -76,7 +77,8 @@ class Concept:
 
 def all_concepts() -> list[Concept]:
     """Styles and objects alternating, so a run stopped early still covers both domains."""
-    return [c for pair in zip(STYLES, OBJECTS) for c in (Concept("style", pair[0]), Concept("object", pair[1]))]
+    return [c for pair in zip(STYLES, OBJECTS, strict=True)
+            for c in (Concept("style", pair[0]), Concept("object", pair[1]))]
 
 
 def parse_concepts(text: str) -> list[Concept]:
@@ -477,7 +479,8 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
                 # Apply at 0 returns its input and at 1 patches exactly as the Train node's MODEL output does
                 # (the same bridge call), so those two are the images already judged; only 0.5 and 1.5 are new.
                 if strength == 0.0:
-                    dial[str(strength)] = {k: v for k, v in results["base"][concept.label()].items() if k != "second_judge"}
+                    dial[str(strength)] = {k: v for k, v in results["base"][concept.label()].items()
+                                           if k != "second_judge"}
                 elif strength == 1.0:
                     dial[str(strength)] = {k: scores[k] for k in ("UA", "IRA", "CRA", "paraphrase_UA")}
                 else:
@@ -533,7 +536,7 @@ def gap_correlation(per_concept: dict) -> dict:
              for row in rows.values() if row.get("gap_closed") is not None]
     if len(pairs) < 3:
         return {"erasures": len(pairs)}
-    gap, ua = (np.array(v, dtype=np.float64) for v in zip(*pairs))
+    gap, ua = (np.array(v, dtype=np.float64) for v in zip(*pairs, strict=True))
 
     def pearson(a, b):
         if a.std() == 0 or b.std() == 0:
@@ -591,9 +594,9 @@ def markdown(results: dict) -> str:
     lines.append(f"| no erasure (base model) | {base['UA']:.3f} | {base['IRA']:.3f} | {base['CRA']:.3f} | "
                  f"{base['paraphrase_UA']:.3f} | – | – | – | {base['concepts']} |")
     for method, row in {**results["methods"], **results.get("spare_on_subsets", {})}.items():
-        lines.append(f"| {method} | {row['UA']:.3f} | {row['IRA']:.3f} | {row['CRA']:.3f} | {row['paraphrase_UA']:.3f} | "
-                     f"{row['seconds_per_erasure']:.1f} | {row['peak_memory_mb']:.0f} | {row['adapter_mb']:.3f} | "
-                     f"{row['concepts']} |")
+        lines.append(f"| {method} | {row['UA']:.3f} | {row['IRA']:.3f} | {row['CRA']:.3f} | "
+                     f"{row['paraphrase_UA']:.3f} | {row['seconds_per_erasure']:.1f} | {row['peak_memory_mb']:.0f} | "
+                     f"{row['adapter_mb']:.3f} | {row['concepts']} |")
     judged_twice = {m: r["second_judge"] for m, r in results["methods"].items() if "second_judge" in r}
     if "second_judge" in base:
         judged_twice = {"no erasure (base model)": base["second_judge"], **judged_twice}

@@ -127,7 +127,7 @@ def adapt(model: Classifier, round_trip, seeds: int = 200, epochs: int = 2, seed
     images, objects, styles = render_set(range(seeds))
     if hybrids:
         mixed = hybrid_set(range(seeds))
-        images, objects, styles = (torch.cat([a, b]) for a, b in zip((images, objects, styles), mixed))
+        images, objects, styles = (torch.cat([a, b]) for a, b in zip((images, objects, styles), mixed, strict=True))
     with torch.no_grad():
         decoded = torch.cat([round_trip(images[i:i + 512]) for i in range(0, len(images), 512)]).clamp(0, 1)
     images, objects, styles = torch.cat([images, decoded]), objects.repeat(2), styles.repeat(2)
@@ -143,7 +143,8 @@ def accuracy(model: Classifier, seeds: range, hybrids: bool = False) -> tuple[fl
     return float((predicted_objects == objects).float().mean()), float((predicted_styles == styles).float().mean())
 
 
-def accuracy_on(images: torch.Tensor, objects: torch.Tensor, styles: torch.Tensor, model: Classifier | None = None) -> dict:
+def accuracy_on(images: torch.Tensor, objects: torch.Tensor, styles: torch.Tensor,
+                model: Classifier | None = None) -> dict:
     """Object and style accuracy of (N, 3, 64, 64) images in [0, 1] against their labels."""
     predicted_objects, predicted_styles = (model or load()).predict(images)
     return {"object": round(float((predicted_objects == objects).float().mean()), 4),

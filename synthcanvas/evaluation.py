@@ -11,6 +11,7 @@ from .generation import SamplerSettings, generate
 from .render import HELD_OUT_TEMPLATES, OBJECTS, STYLES, TRAIN_TEMPLATES, caption
 
 HELD_OUT_SAMPLER_SEED = 1_000_000  # training never sees sampler noise; this keeps evaluation seeds apart anyway
+_DEFAULT_SAMPLER = SamplerSettings()  # frozen: safe to share as an argument default
 
 
 def all_pairs(seeds: int, template: str = TRAIN_TEMPLATES[0]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -31,7 +32,7 @@ def classify(images: torch.Tensor, judge: classifier.Classifier | None = None) -
     return judge.predict(images.permute(0, 3, 1, 2).float().contiguous())
 
 
-def generation_accuracy(runtime, checkpoint_name: str, seeds: int = 4, settings: SamplerSettings = SamplerSettings(),
+def generation_accuracy(runtime, checkpoint_name: str, seeds: int = 4, settings: SamplerSettings = _DEFAULT_SAMPLER,
                         seed: int = HELD_OUT_SAMPLER_SEED, template: str = TRAIN_TEMPLATES[0]) -> dict:
     """Load the checkpoint with the stock CheckpointLoaderSimple, generate every pair ``seeds`` times, classify."""
     with torch.inference_mode():

@@ -28,9 +28,9 @@ def erasure_scores(domain: str, concept: int, true_objects: Sequence[int], true_
         raise ValueError(f"domain must be 'style' or 'object', got {domain!r}")
     same_true, same_pred = (true_styles, predicted_styles) if domain == "style" else (true_objects, predicted_objects)
     other_true, other_pred = (true_objects, predicted_objects) if domain == "style" else (true_styles, predicted_styles)
-    forgotten = [p != concept for t, p in zip(same_true, same_pred) if t == concept]
-    kept = [p == t for t, p in zip(same_true, same_pred) if t != concept]
-    cross = [p == t for t, p, own in zip(other_true, other_pred, same_true) if own != concept]
+    forgotten = [p != concept for t, p in zip(same_true, same_pred, strict=True) if t == concept]
+    kept = [p == t for t, p in zip(same_true, same_pred, strict=True) if t != concept]
+    cross = [p == t for t, p, own in zip(other_true, other_pred, same_true, strict=True) if own != concept]
 
     def mean(values):
         if not values:

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import demo_model
-from .render import OBJECTS, SIZE as RESOLUTION, STYLES, TRAIN_TEMPLATES, caption, render
+from .render import OBJECTS, STYLES, TRAIN_TEMPLATES, caption, render
+from .render import SIZE as RESOLUTION
 
 log = logging.getLogger("spare.synthcanvas")
 SD1_LATENT_SCALE = 0.18215  # SD1.x latent format: ComfyUI multiplies VAE latents by this before the UNet
@@ -428,11 +429,13 @@ def train(plan: TrainingPlan, work: Path, device, report=log.info, reuse_vae: Pa
     # Each image gets one of its pair's training captions at random per step: precompute per-image choices
     # for every template by repeating the image list once per template.
     templates = len(TRAIN_TEMPLATES)
-    pair_rows = torch.tensor([by_pair[(int(o), int(s))] for o, s in zip(objects, styles)])  # (N, templates)
+    pair_rows = torch.tensor([by_pair[(int(o), int(s))]
+                              for o, s in zip(objects, styles, strict=True)])  # (N, templates)
     latents = latents.repeat(templates, 1, 1, 1)
     caption_index = pair_rows.T.reshape(-1)
 
-    unet, timings["unet_steps_done"], timings["unet_s"] = train_unet(model, latents, caption_index, contexts, plan, device, report)
+    unet, timings["unet_steps_done"], timings["unet_s"] = train_unet(model, latents, caption_index, contexts, plan,
+                                                                     device, report)
     unet_stages = unet_history(plan, timings["unet_steps_done"], earlier_stages)
     weights = demo_model.unet_vae_state(unet, vae)
     text_encoder = demo_model.fingerprint(demo_model.text_encoder_state())

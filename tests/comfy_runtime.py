@@ -124,8 +124,9 @@ def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
             import utils.extra_config  # noqa: F401  (newer ComfyUI imports it before nodes)
         import execution
         import folder_paths
-        import nodes
         import server
+
+        import nodes
     finally:
         sys.argv = saved_argv
 

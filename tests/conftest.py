@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import comfy_runtime
 import model_factory
+import pytest
+import torch
 
 SD15_CHECKPOINT = "tiny_sd15.safetensors"
 

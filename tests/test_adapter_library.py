@@ -2,10 +2,9 @@
 
 import sys
 
-from safetensors.torch import save_file
 import torch
-
 from comfy_runtime import PACK_NAME
+from safetensors.torch import save_file
 
 
 def library():
@@ -20,7 +19,8 @@ def test_library_describes_ours_and_tolerates_other_and_broken_files(comfy, brid
     loras = comfy.folder("loras")
     lora_set = SparseLoRASet(small_sd15.model.diffusion_model, 2, 2.0, {"out.2": None}, seed=0)
     metadata = build_metadata(forget_prompts=["a cat"], surrogate_prompt="an animal", rank=2, steps=10)
-    save_adapter(ErasureAdapter(lora_set.kohya_state_dict(), metadata), loras / "library_ours.safetensors", overwrite=True)
+    save_adapter(ErasureAdapter(lora_set.kohya_state_dict(), metadata), loras / "library_ours.safetensors",
+                 overwrite=True)
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 1)}, str(loras / "library_plain.safetensors"),
               metadata={"forget_prompts": "[not json"})
     (loras / "library_broken.safetensors").write_bytes(b"garbage")
@@ -44,8 +44,9 @@ def test_workflow_with_a_missing_adapter_file_is_a_clear_node_error(comfy, sd15_
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
         "6": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": 0, "steps": 1, "cfg": 1.0,
-                                                    "sampler_name": "euler", "scheduler": "normal", "positive": ["5", 0],
-                                                    "negative": ["5", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+                                                    "sampler_name": "euler", "scheduler": "normal",
+                                                    "positive": ["5", 0], "negative": ["5", 0],
+                                                    "latent_image": ["4", 0], "denoise": 1.0}},
         "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "never"}},
     }
     run = comfy.run_prompt(prompt)

@@ -1,9 +1,9 @@
 """Each bad input gets a clear error that names the input and what would be valid; nothing is lost."""
 
+import model_factory
 import pytest
 import torch
 
-import model_factory
 from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.prompts import ErasurePrompts
@@ -134,7 +134,8 @@ def test_save_never_overwrites_unasked_and_writes_atomically(bridge, small_sd15,
     adapter = _tiny_adapter(small_sd15)
     path = save_adapter(adapter, tmp_path / "erase.safetensors")
     original = path.read_bytes()
-    with pytest.raises(FileExistsError, match="already exists; choose another file name, turn on counter or enable overwrite"):
+    with pytest.raises(FileExistsError,
+                       match="already exists; choose another file name, turn on counter or enable overwrite"):
         save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path)
     assert path.read_bytes() == original
     save_adapter(_tiny_adapter(small_sd15, {"base_model": "sd1", "note": "second"}), path, overwrite=True)
@@ -171,6 +172,7 @@ def test_written_files_follow_the_umask_like_comfyuis_own(bridge, small_sd15, tm
     """Adapters and the demo checkpoint are read by other users and services from a shared models folder."""
     import os
     import stat
+
     from synthcanvas import demo_model
     previous = os.umask(0o022)
     try:
@@ -187,7 +189,8 @@ def test_written_files_follow_the_umask_like_comfyuis_own(bridge, small_sd15, tm
 
 @pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "sub/../../x", "", "  ", "a/./b"])
 def test_save_names_outside_models_loras_are_refused(bridge, name):
-    with pytest.raises(ValueError, match="file_name .* (is not a plain file name inside models/loras|would be written)"):
+    with pytest.raises(ValueError,
+                       match="file_name .* (is not a plain file name inside models/loras|would be written)"):
         bridge.new_lora_file_path(name)
 
 
@@ -213,5 +216,6 @@ def test_resolution_0_means_the_models_native_size(comfy, bridge, sd15, small_sd
 def test_a_prompt_longer_than_one_clip_chunk_is_named(bridge, sd15):
     model, clip, _ = sd15
     long_phrase = "supercalifragilistic" * 30  # one "word": a phrase by the word rule, 100+ tokens
-    with pytest.raises(ValueError, match=r"forget_prompts: 'a photo of supercal.* is longer than one 75-token CLIP chunk"):
+    with pytest.raises(ValueError,
+                       match=r"forget_prompts: 'a photo of supercal.* is longer than one 75-token CLIP chunk"):
         bridge.encode_prompts(model, clip, [f"a photo of {long_phrase}"], 64, 64, "forget_prompts")

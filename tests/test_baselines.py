@@ -1,9 +1,9 @@
 """Baselines run beside SPARE in benchmarks: UCE's closed-form edit and ESD-x's fine-tuning."""
 
-import torch
-
 import model_factory
+import torch
 from erasure_helpers import random_prompts
+
 from spare_core.baselines import ESDConfig, UCEConfig, cross_attention_linears, edit_uce, text_projections, train_esd_x
 
 

@@ -20,17 +20,19 @@ def test_speed_benchmark_smoke(tmp_path):
     for family in ("sd15", "sdxl"):
         for method in ("spare", "esd_x", "dense_lora"):
             row = results[family][method]
-            assert {"seconds_total", "seconds_by_stage", "peak_memory_gb", "adapter_mb", "step_efficiency"} <= row.keys()
+            assert {"seconds_total", "seconds_by_stage", "peak_memory_gb", "adapter_mb",
+                    "step_efficiency"} <= row.keys()
             assert row["seconds_total"] > 0 and row["adapter_mb"] > 0
-        assert set(results[family]["spare"]["seconds_by_stage"]) == {"samples", "saliency", "timesteps", "train", "save"}
+        assert set(results[family]["spare"]["seconds_by_stage"]) == {"samples", "saliency", "timesteps", "train",
+                                                                      "save"}
         assert results[family]["spare"]["modules"] < results[family]["dense_lora"]["modules"]
 
 
 def test_speed_levers_smoke(tmp_path):
     out = tmp_path / "levers.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_levers.py"), "--size", "reduced", "--models", "sd15",
-                    "--levers", "default,gradient_checkpointing,lora_in_float32", "--dtypes", "bf16", "--steps", "1",
-                    "--warmup", "1", "--json", str(out)],
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_levers.py"), "--size", "reduced",
+                    "--models", "sd15", "--levers", "default,gradient_checkpointing,lora_in_float32",
+                    "--dtypes", "bf16", "--steps", "1", "--warmup", "1", "--json", str(out)],
                    check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
     rows = json.loads(out.read_text())["sd15"]
     for name in ("default", "gradient_checkpointing", "lora_in_float32", "default_again", "dtype_bf16"):

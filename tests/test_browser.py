@@ -14,17 +14,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import browser_server
 import numpy as np
 import pytest
-
-import browser_server
 from workflow_format import api_to_ui
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "out" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
 
 if CHROMIUM is None:
     if os.environ.get("CI"):
@@ -249,7 +249,8 @@ def test_queue_style_erasure_and_watch_it_train(comfy, server, page, sd15_checkp
 def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, sd15_checkpoint):
     page.evaluate("(wf) => app.loadGraphData(wf)", _shrunk_ui(comfy, "compare_saved_adapter", sd15_checkpoint, 1))
     page.evaluate("() => app.queuePrompt(0, 1)")
-    page.wait_for_function("""() => app.graph._nodes.filter(n => n.type === 'SpareLoadAdapter' || n.type === 'SpareApplyErasure')
+    page.wait_for_function("""() => app.graph._nodes.filter(n => n.type === 'SpareLoadAdapter'
+            || n.type === 'SpareApplyErasure')
         .every(n => n.spareInfo)""", timeout=120000)
     info = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareLoadAdapter').spareInfo")
     assert info[0] == "erases: Van Gogh style"  # the concept phrase, not its 24 expanded prompts
@@ -262,7 +263,8 @@ def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, sd15_checkpoi
 OVERLAP_JS = """(selector) => {
     const ours = document.querySelector(selector);
     const mine = ours.getBoundingClientRect();
-    const controls = [...document.querySelectorAll("button, [role=button], [role=menuitem], a, .p-button, input, select")]
+    const controls = [...document.querySelectorAll(
+        "button, [role=button], [role=menuitem], a, .p-button, input, select")]
         .filter((e) => !ours.contains(e) && !e.contains(ours));
     const hits = [];
     for (const e of controls) {
@@ -284,7 +286,8 @@ def test_adapter_library_lists_saved_erasures(page):
     page.screenshot(path=str(SCREENSHOTS / "adapter_library_control.png"))
     assert placement["onTop"] and not placement["hits"], placement
     page.click(control)
-    rows_selector = "#spare-library .spare-library-row" if control.startswith("#") else "#spare-library-panel .spare-library-row"
+    rows_selector = ("#spare-library .spare-library-row" if control.startswith("#")
+                     else "#spare-library-panel .spare-library-row")
     page.wait_for_selector(rows_selector, timeout=20000)
     rows = page.locator(rows_selector).all_inner_texts()
     assert any("spare_erase_van_gogh_00001_.safetensors" in row and "Van Gogh" in row for row in rows), rows

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import assert_bit_identical, unet_snapshot
 from erasure_helpers import predict, random_prompts
+
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency
@@ -171,7 +171,8 @@ def test_non_finite_loss_stops_with_the_step_and_leaves_the_model_untouched(brid
         with bridge.denoiser_session(small_sd15) as denoiser:
             forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
             saliency = compute_saliency(denoiser, forget, None, SaliencyConfig(draws=1), seed=0)
-            timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=2, draws_per_bin=1), 0)
+            timesteps = select_timesteps(denoiser, forget, prompts.surrogate,
+                                         TimestepConfig(bins=2, draws_per_bin=1), 0)
             train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, forget,
                           TrainConfig(steps=10), seed=0, loss_hook=poison)
     assert_bit_identical(small_sd15, snapshot)
@@ -187,7 +188,7 @@ def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(br
         runs = {}
         for checkpointing in (False, True):
             calls = []
-            handle = inner.register_forward_hook(lambda *args: calls.append(1))
+            handle = inner.register_forward_hook(lambda *args, calls=calls: calls.append(1))
             try:
                 runs[checkpointing] = train_adapter(
                     denoiser, saliency, timesteps, forget, prompts.surrogate, retain,

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from workflow_format import ui_to_api
 from workflows import shrink_for_cpu
 

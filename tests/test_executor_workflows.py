@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+import workflows
 from safetensors import safe_open
 
-import workflows
 from spare_core.adapter import load_adapter
 
 
@@ -103,7 +103,8 @@ def test_bad_input_in_a_graph_is_a_clear_node_error(comfy, sd15_checkpoint):
 def test_user_latents_can_replace_self_generated_samples(comfy, sd15_checkpoint):
     """forget_latents: VAE-encoded images of the concept instead of samples the model draws itself."""
     prompt = workflows.erase_and_generate(sd15_checkpoint, "from_latents", train_steps=2)
-    prompt["20"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 2, "color": 0x3366CC}}
+    prompt["20"] = {"class_type": "EmptyImage",
+                    "inputs": {"width": 64, "height": 64, "batch_size": 2, "color": 0x3366CC}}
     prompt["21"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["20", 0], "vae": ["1", 2]}}
     prompt["6"]["inputs"]["forget_latents"] = ["21", 0]
     prompt["4"]["inputs"]["forget_latents"] = ["21", 0]

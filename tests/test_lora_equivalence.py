@@ -3,9 +3,9 @@ Apply then Remove gives back exactly the model before, upstream LoRAs included."
 
 import pytest
 import torch
+from erasure_helpers import predict, random_prompts
 from safetensors.torch import save_file
 
-from erasure_helpers import predict, random_prompts
 from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.lora import SparseLoRASet, adaptable_modules, kohya_name
@@ -55,7 +55,8 @@ def test_training_forward_apply_node_and_stock_loader_agree(comfy, bridge, sd15,
     base = predict(bridge, model, latents, noise, indices, prompts.forget)
     via_apply = predict(bridge, applied, latents, noise, indices, prompts.forget)
     via_stock = predict(bridge, stock, latents, noise, indices, prompts.forget)
-    assert (training_forward - base).abs().max() > 1e-2, "the adapter must change the output for this test to mean anything"
+    assert (training_forward - base).abs().max() > 1e-2, \
+        "the adapter must change the output for this test to mean anything"
     torch.testing.assert_close(via_apply, training_forward, atol=1e-4, rtol=0)
     torch.testing.assert_close(via_stock, training_forward, atol=1e-4, rtol=0)
 
@@ -109,7 +110,7 @@ def test_apply_then_remove_is_bit_identical_and_keeps_upstream_loras(comfy, brid
     assert restored.patches.keys() == styled.patches.keys()
     for key in styled.patches:
         assert len(restored.patches[key]) == len(styled.patches[key])
-        assert all(a is b for a, b in zip(restored.patches[key], styled.patches[key]))
+        assert all(a is b for a, b in zip(restored.patches[key], styled.patches[key], strict=True))
     latents, noise, indices = probe(forget)
     before = predict(bridge, styled, latents, noise, indices, prompts.forget)
     after = predict(bridge, restored, latents, noise, indices, prompts.forget)

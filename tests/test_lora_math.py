@@ -28,7 +28,7 @@ def test_adapter_starts_as_exact_no_op():
     lora_set = SparseLoRASet(model, rank=3, alpha=3.0, row_masks={"proj": None, "conv": None}, seed=0)
     with lora_set.attached(model):
         after = model(*inputs())
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("path", ["proj", "conv"])
@@ -45,7 +45,7 @@ def test_hook_forward_equals_patched_weight(path):
     with torch.no_grad():
         model.get_submodule(path).weight += adapter.delta_weight()
     patched = model(*inputs())
-    for a, b in zip(hooked, patched):
+    for a, b in zip(hooked, patched, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     delta = adapter.delta_weight()
     assert torch.count_nonzero(delta[~mask]) == 0
@@ -94,7 +94,7 @@ def test_round_trip_through_kohya_state_dict():
     rebuilt = SparseLoRASet.from_kohya_state_dict(model, lora_set.kohya_state_dict())
     with rebuilt.attached(model):
         actual = model(*inputs())
-    for a, b in zip(expected, actual):
+    for a, b in zip(expected, actual, strict=True):
         torch.testing.assert_close(a, b)
 
 

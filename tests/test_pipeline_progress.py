@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import assert_bit_identical, unet_snapshot
+
 from spare_core.config import SampleConfig, TrainConfig
 from spare_core.prompts import ErasurePrompts
 
@@ -15,7 +15,8 @@ SAMPLES = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
 def progress_events(comfy):
     import comfy.utils
     events = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, *rest, **named: events.append((value, total)))
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, *rest, **named:
+                                             events.append((value, total)))
     yield events
     comfy.utils.set_progress_bar_global_hook(None)
 
@@ -37,6 +38,7 @@ def test_progress_advances_every_step_to_the_total(comfy, sd15, progress_events)
 
 def test_cancel_stops_training_and_leaves_the_model_untouched(comfy, sd15, progress_events):
     import comfy.model_management
+
     from spare_core import pipeline
     model, clip, _ = sd15
     snapshot = unet_snapshot(model)

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from toy_models import CHANNELS, SIDE, PlantedModules, PlantedTimesteps, ddpm_sigmas, denoiser_for, gate_conditioning
 
 from spare_core.config import SaliencyConfig, TimestepConfig
 from spare_core.saliency import compute_saliency
 from spare_core.samples import ConceptSamples
 from spare_core.timesteps import select_timesteps
-from toy_models import CHANNELS, SIDE, PlantedModules, PlantedTimesteps, ddpm_sigmas, denoiser_for, gate_conditioning
 
 BRANCHES = 8
 FORGET_BRANCHES = [2, 5]
@@ -60,7 +60,8 @@ def test_timestep_selection_finds_the_planted_range():
     sigmas = ddpm_sigmas()
     denoiser = denoiser_for(PlantedTimesteps(sigmas, low=300, high=500), sigmas)
     forget, surrogate = gate_conditioning([0, 1], 8), gate_conditioning([5], 8)
-    result = select_timesteps(denoiser, samples_for(forget), surrogate, TimestepConfig(bins=10, top_fraction=0.2), seed=0)
+    result = select_timesteps(denoiser, samples_for(forget), surrogate,
+                              TimestepConfig(bins=10, top_fraction=0.2), seed=0)
     assert result.selected_bins() == (3, 4)
     assert all(score == 0.0 for k, score in enumerate(result.scores) if k not in (3, 4))
     drawn = result.sample_indices(2000, torch.Generator().manual_seed(1))

@@ -22,7 +22,7 @@ def test_style_phrase_is_drawn_on_the_retained_subjects_in_many_caption_forms():
     prompts = ErasurePrompts.parse("neon style", "pastel style", "\n".join(STYLES[1:] + SUBJECTS))
     assert prompts.concept == "neon style" and prompts.surrogate_concept == "pastel style"
     assert len(prompts.forget) == len(prompts.surrogates) >= 12
-    for forget, surrogate in zip(prompts.forget, prompts.surrogates):
+    for forget, surrogate in zip(prompts.forget, prompts.surrogates, strict=True):
         assert "neon" in forget and "neon" not in surrogate
         assert forget.replace("neon", "pastel") == surrogate  # the same picture with the surrogate in its place
         assert any(subject in forget for subject in SUBJECTS)
@@ -38,7 +38,7 @@ def test_subject_phrase_appears_bare_and_in_the_retained_styles():
     prompts = ErasurePrompts.parse("a cat", "a dog", "Monet style\nwatercolor style\na rabbit")
     assert "a cat" in prompts.forget and "a dog" in prompts.surrogates
     assert any("Monet" in f for f in prompts.forget) and any("watercolor" in f for f in prompts.forget)
-    for forget, surrogate in zip(prompts.forget, prompts.surrogates):
+    for forget, surrogate in zip(prompts.forget, prompts.surrogates, strict=True):
         assert forget.replace("a cat", "a dog") == surrogate
     assert all("a cat" not in r for r in prompts.retain)
     assert any("a rabbit" in r for r in prompts.retain)

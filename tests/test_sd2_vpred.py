@@ -1,9 +1,9 @@
 """SD2.x v-prediction: the same ε-space distillation trains through ComfyUI's v-prediction sampling."""
 
 import torch
-
 from erasure_helpers import predict, random_prompts
 from model_factory import small_sd2_vpred_model
+
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency

@@ -1,9 +1,9 @@
 """SDXL: pooled text + size embedding (ADM) conditioning drives the SDXL-shaped UNet through every stage."""
 
 import torch
-
 from conftest import assert_bit_identical, unet_snapshot
 from erasure_helpers import predict
+
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency

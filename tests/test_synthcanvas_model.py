@@ -87,10 +87,12 @@ def _generation_prompt(checkpoint, pairs, seed):
               "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}}}
     for i, (obj, style) in enumerate(pairs):
         n = 10 + 4 * i
-        prompt[str(n)] = {"class_type": "CLIPTextEncode", "inputs": {"text": f"a {obj} in {style} style", "clip": ["1", 1]}}
+        prompt[str(n)] = {"class_type": "CLIPTextEncode",
+                          "inputs": {"text": f"a {obj} in {style} style", "clip": ["1", 1]}}
         prompt[str(n + 1)] = {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": seed + i, "steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-            "positive": [str(n), 0], "negative": ["2", 0], "latent_image": ["3", 0], "denoise": 1.0}}
+            "model": ["1", 0], "seed": seed + i, "steps": 20, "cfg": 4.0, "sampler_name": "euler",
+            "scheduler": "normal", "positive": [str(n), 0], "negative": ["2", 0], "latent_image": ["3", 0],
+            "denoise": 1.0}}
         prompt[str(n + 2)] = {"class_type": "VAEDecode", "inputs": {"samples": [str(n + 1), 0], "vae": ["1", 2]}}
         prompt[str(n + 3)] = {"class_type": "PreviewImage", "inputs": {"images": [str(n + 2), 0]}}
     return prompt

@@ -75,7 +75,7 @@ def api_to_ui(api: dict, node_classes: dict) -> dict:
         names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
         entry["outputs"] = [{"name": name, "type": kind, "links": outgoing.get((entry["id"], slot), []),
                              "slot_index": slot}
-                            for slot, (name, kind) in enumerate(zip(names, cls.RETURN_TYPES))]
+                            for slot, (name, kind) in enumerate(zip(names, cls.RETURN_TYPES, strict=True))]
     order = sorted(nodes, key=lambda n: _depth(api, list(api)[n["id"] - 1], depth_memo))
     for index, entry in enumerate(order):
         entry["order"] = index

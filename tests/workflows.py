@@ -59,7 +59,8 @@ def stock_lora_and_spare_load(checkpoint: str, lora_file: str) -> dict:
         "12": {"class_type": "KSampler", "inputs": {"model": ["11", 0], **sampler}},
         "13": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "spare_stock_lora"}},
-        **{f"save_{n}": {"class_type": "SaveLatent", "inputs": {"samples": [n, 0], "filename_prefix": f"latents/spare_{n}"}}
+        **{f"save_{n}": {"class_type": "SaveLatent",
+                         "inputs": {"samples": [n, 0], "filename_prefix": f"latents/spare_{n}"}}
            for n in ("9", "10", "12")},
     }
 
