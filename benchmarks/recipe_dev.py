@@ -8,7 +8,10 @@ Dev split (never the benchmark's held-out figures):
 - prompts: the phrase path, as a user types it (concept phrase, surrogate phrase, retain phrases);
 - evaluation templates: SynthCanvas's training templates 2–4 only (the benchmark judges UA on template 1 and
   paraphrase UA on the two held-out templates);
-- sampler seeds: DEV_SEED, apart from the benchmark's.
+- sampler seeds: DEV_SEED, apart from the benchmark's;
+- the other concepts' images (which IRA and CRA score): one per pair on the first dev template, or with
+  `--others-on-every-template` one per pair on each of the three (168 instead of 56 per concept, for runs that
+  must see a retention drop of a few images).
 Each variant trains through spare_core's pipeline (the job the Train node runs), then the stock KSampler
 generates and the shipped classifier judges. Results are written per concept as they come.
 """
@@ -70,16 +73,19 @@ VARIANTS = {
     "defaults_overshoot1_150steps": {"from": "defaults", "train": {"overshoot": 1.0, "steps": 150}},
     "defaults_overshoot1.5": {"from": "defaults", "train": {"overshoot": 1.5}},
     "defaults_300steps": {"from": "defaults", "train": {"steps": 300}},
+    "defaults": {"from": "defaults"},
+    "defaults_retain2": {"from": "defaults", "train": {"retain_weight": 2.0}},
+    "defaults_retain4": {"from": "defaults", "train": {"retain_weight": 4.0}},
 }
 
 
-def dev_eval(concept: benchmark.Concept, seeds: int):
+def dev_eval(concept: benchmark.Concept, seeds: int, others_on_every_template: bool = False):
     prompts, objects, styles, forget = [], [], [], []
     for template in DEV_TEMPLATES:
         for o in OBJECTS:
             for s in STYLES:
                 mine = (s if concept.domain == "style" else o) == concept.name
-                if template != DEV_TEMPLATES[0] and not mine:
+                if template != DEV_TEMPLATES[0] and not mine and not others_on_every_template:
                     continue
                 for _ in range(seeds if mine else 1):
                     prompts.append(caption(o, s, template))
@@ -110,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--concepts", default=DEV_CONCEPTS)
     parser.add_argument("--seeds", type=int, default=2, help="images per forget pair and dev template")
+    parser.add_argument("--others-on-every-template", action="store_true",
+                        help="judge the other concepts' pairs on all three dev templates, not only the first")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "recipe_dev.json")
     args = parser.parse_args(argv)
     runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-recipe-")))
@@ -122,7 +130,7 @@ def main(argv=None) -> int:
     results.setdefault("protocol", __doc__)
     cache = {}
     for concept in concepts:
-        evals = dev_eval(concept, args.seeds)
+        evals = dev_eval(concept, args.seeds, args.others_on_every_template)
         base = results.setdefault("base", {})
         if concept.label() not in base:
             base[concept.label()] = judge(concept, evals, generate(runtime.nodes, model, clip, vae, evals[0], DEV_SEED,
@@ -137,7 +145,7 @@ def main(argv=None) -> int:
             trained = pipeline.train_for_model(model, clip, prompts, samples, train, 0, saliency_config=saliency,
                                                timestep_config=timesteps)
             seconds = time.perf_counter() - started
-            evals = dev_eval(concept, args.seeds)
+            evals = dev_eval(concept, args.seeds, args.others_on_every_template)
             scores = judge(concept, evals, generate(runtime.nodes, trained.model, clip, vae, evals[0], DEV_SEED,
                                                     cache=cache))
             check = trained.result.final_check

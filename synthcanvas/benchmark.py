@@ -200,10 +200,19 @@ class Erased:
     adapter: object = None
 
 
+def _base_unet(model):
+    """MODEL's UNet holding MODEL's own weights. Clones share one UNet, and ComfyUI patches a clone's weights into it
+    in place when it samples and leaves them there: read directly after a SPARE adapter sampled, the UNet holds the
+    erased weights, and a closed-form edit computed from them (UCE) would carry that erasure."""
+    import comfy.model_management
+    comfy.model_management.load_models_gpu([model])
+    return model.model.diffusion_model
+
+
 def _weight_patched(model, weights: dict[str, torch.Tensor]):
     """A clone of MODEL whose listed UNet weights are replaced (as ComfyUI weight-difference patches)."""
     patched = model.clone()
-    state = model.model.diffusion_model.state_dict()
+    state = _base_unet(model).state_dict()
     patches = {f"diffusion_model.{name}.weight": ((w.to(state[f'{name}.weight'].dtype) - state[f"{name}.weight"]),)
                for name, w in weights.items()}
     patched.add_patches(patches, 1.0)
@@ -396,7 +405,7 @@ class Eraser:
         erase = [(self._context(self._concept_prompt(concept))[0],
                   self._context(self._concept_prompt(concept, concept.surrogate))[0])]
         preserve = [self._context(p)[0] for p in concept.retain_prompts()]
-        weights = edit_uce(self.model.model.diffusion_model, erase, preserve)
+        weights = edit_uce(_base_unet(self.model), erase, preserve)
         return _weight_patched(self.model, weights), _weights_mb(weights), None
 
 

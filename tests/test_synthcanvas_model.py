@@ -155,6 +155,24 @@ def test_benchmark_smoke(comfy, synthcanvas_checkpoint, tmp_path):
     assert "| spare |" in table and "strength 1.5" in table
 
 
+def test_baseline_edits_start_from_the_base_weights_after_an_erased_model_sampled(comfy, synthcanvas_checkpoint):
+    """Clones share one UNet and ComfyUI leaves the last sampled clone's patches in it. The benchmark's UCE and
+    weight-difference patches must still be computed from the unerased weights (they were not, once: UCE's figures
+    then carried part of the SPARE erasure sampled just before)."""
+    from spare_core.baselines import text_projections
+    with torch.inference_mode():
+        model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(synthcanvas_checkpoint)
+    name, layer = next(iter(text_projections(model.model.diffusion_model).items()))
+    base = layer.weight.detach().clone()
+    erased = benchmark._weight_patched(model, {name: base + 0.5})
+    generate(comfy.nodes, erased, clip, vae, ["a star in neon style"], seed=0,
+             settings=benchmark.SamplerSettings(steps=1))
+    assert torch.equal(benchmark._base_unet(model).get_submodule(name).weight, base)
+    again = benchmark._weight_patched(model, {name: base + 0.5})
+    (delta,) = again.patches[f"diffusion_model.{name}.weight"][0][1]
+    torch.testing.assert_close(delta, torch.full_like(base, 0.5))
+
+
 def test_concept_names_are_checked():
     with pytest.raises(ValueError, match="unknown concept 'style:glitter'"):
         benchmark.parse_concepts("style:glitter")
