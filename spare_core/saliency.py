@@ -1,4 +1,4 @@
-"""Stage 1 of SPARE: find the parameters that carry the concept.
+"""Stage 2 of SPARE: find the parameters that carry the concept.
 
 Gradient saliency as in SalUn (Fan et al., ICLR 2024, Eq. 6): accumulate |∂L/∂θ| of the denoising
 loss L = ‖ε_θ(x_t, c_forget) − ε‖² over forget samples. Each Linear / Conv2d is scored by its mean

@@ -1,4 +1,7 @@
-"""Concept samples without a dataset: the frozen model draws its own latents for each prompt."""
+"""Stage 1 of SPARE: concept samples without a dataset; the frozen model draws its own latents for each prompt.
+
+The stages run in this order (pipeline.py): samples → saliency → timesteps → training → adapter.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2 of SPARE: self-distillation into the sparse adapter.
+"""Stage 4 of SPARE: self-distillation into the sparse adapter.
 
 Student = model + adapter, teacher = the same model with the adapter off (no second copy):
     L = ‖ε_S(x_t, c_forget) − sg[ε_T(x_t, c_surrogate)]‖² + λ · ‖ε_S(x_t, c_retain) − sg[ε_T(x_t, c_retain)]‖²
