@@ -76,6 +76,8 @@ VARIANTS = {
     "defaults": {"from": "defaults"},
     "defaults_retain2": {"from": "defaults", "train": {"retain_weight": 2.0}},
     "defaults_retain4": {"from": "defaults", "train": {"retain_weight": 4.0}},
+    # Since retain weight 2.0 became the default, "defaults" is λ = 2; the round that chose it ran "defaults" at 1.0.
+    "defaults_retain1": {"from": "defaults", "train": {"retain_weight": 1.0}},
 }
 
 

@@ -100,7 +100,10 @@ class TrainConfig:
     alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", default=4.0)
     steps: int = _help("Optimisation steps of self-distillation.", default=300)
     learning_rate: float = _help("AdamW learning rate for the adapter weights.", default=3e-3)
-    retain_weight: float = _help("λ in loss = forget + λ·retain; higher protects retained concepts more.", default=1.0)
+    retain_weight: float = _help(
+        "λ in loss = forget + λ·retain; higher protects retained concepts more. 2.0 was chosen on a dev split "
+        "(docs/synthcanvas.md): it kept every dev concept erased and held the neighbours better than 1.0.",
+        default=2.0)
     batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
     overshoot: float = _help(
         "Aim the concept's prediction this share of the concept→surrogate gap beyond the surrogate (negative "

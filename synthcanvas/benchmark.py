@@ -253,6 +253,7 @@ ABLATIONS = {
     "spare_no_overshoot": "overshoot 0 (the forget target exactly at the surrogate, the earlier behaviour) instead "
                           "of the default",
     "spare_200_steps": "200 training steps (the default before 300)",
+    "spare_retain_1": "retain weight 1.0 (the default before 2.0)",
     "spare_full_prompts": "the earlier prompt lines (the concept's 8 pairs, one surrogate line each, each other "
                           "concept of the domain once) instead of the phrase path",
     "spare_lr_1e-4": "learning rate 1e-4 (the node's earlier default)",
@@ -331,6 +332,9 @@ class Eraser:
 
     def _spare_200_steps(self, concept):
         return self._spare(concept, steps=200)
+
+    def _spare_retain_1(self, concept):
+        return self._spare(concept, retain_weight=1.0)
 
     def _spare_full_prompts(self, concept):
         return self._spare(concept, full_prompts=True)
