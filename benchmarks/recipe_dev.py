@@ -12,7 +12,7 @@ Dev split (never the benchmark's held-out figures):
 - the other concepts' images (which IRA and CRA score): one per pair on the first dev template, or with
   `--others-on-every-template` one per pair on each of the three (168 instead of 56 per concept, for runs that
   must see a retention drop of a few images).
-Each variant trains through spare_core's pipeline (the job the Train node runs), then the stock KSampler
+Each variant trains through spare_core.comfyui.jobs (the job the Train node runs), then the stock KSampler
 generates and the shipped classifier judges. Results are written per concept as they come.
 """
 
@@ -28,17 +28,16 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import unlearncanvas
+from spare_core.comfyui import headless
+from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.prompts import ErasurePrompts
+from synthcanvas import demo_model, evaluation
+from synthcanvas.generation import generate
+from synthcanvas.metrics import erasure_scores
+from synthcanvas.render import OBJECTS, STYLES, TRAIN_TEMPLATES, caption
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-import comfy_runtime  # noqa: E402
-
-from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig  # noqa: E402
-from spare_core.prompts import ErasurePrompts  # noqa: E402
-from synthcanvas import benchmark, demo_model, evaluation  # noqa: E402
-from synthcanvas.generation import generate  # noqa: E402
-from synthcanvas.metrics import erasure_scores  # noqa: E402
-from synthcanvas.render import OBJECTS, STYLES, TRAIN_TEMPLATES, caption  # noqa: E402
 
 DEV_CONCEPTS = "style:sketch,style:polka dot,object:ring,object:crescent"
 DEV_TEMPLATES = TRAIN_TEMPLATES[1:]
@@ -81,7 +80,7 @@ VARIANTS = {
 }
 
 
-def dev_eval(concept: benchmark.Concept, seeds: int, others_on_every_template: bool = False):
+def dev_eval(concept: unlearncanvas.Concept, seeds: int, others_on_every_template: bool = False):
     prompts, objects, styles, forget = [], [], [], []
     for template in DEV_TEMPLATES:
         for o in OBJECTS:
@@ -122,12 +121,12 @@ def main(argv=None) -> int:
                         help="judge the other concepts' pairs on all three dev templates, not only the first")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "recipe_dev.json")
     args = parser.parse_args(argv)
-    runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-recipe-")))
-    from spare_core import pipeline  # imports ComfyUI, so only after boot
+    runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-recipe-")))
+    from spare_core import comfyui as door  # its submodules import ComfyUI, so only after boot
     demo_model.build_checkpoint(runtime.folder("checkpoints") / demo_model.CHECKPOINT_NAME)
     with torch.inference_mode():
         model, clip, vae = runtime.node("CheckpointLoaderSimple").load_checkpoint(demo_model.CHECKPOINT_NAME)[:3]
-    concepts = benchmark.parse_concepts(args.concepts)
+    concepts = unlearncanvas.parse_concepts(args.concepts)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     results.setdefault("protocol", __doc__)
     cache = {}
@@ -141,10 +140,10 @@ def main(argv=None) -> int:
         variant = VARIANTS[name]
         train, samples, saliency, timesteps = configs(variant)
         for concept in concepts:
-            forget, surrogate, retain = benchmark.user_phrases(concept)
+            forget, surrogate, retain = unlearncanvas.user_phrases(concept)
             prompts = ErasurePrompts.parse(forget, surrogate, retain)
             started = time.perf_counter()
-            trained = pipeline.train_for_model(model, clip, prompts, samples, train, 0, saliency_config=saliency,
+            trained = door.jobs.train_for_model(model, clip, prompts, samples, train, 0, saliency_config=saliency,
                                                timestep_config=timesteps)
             seconds = time.perf_counter() - started
             evals = dev_eval(concept, args.seeds, args.others_on_every_template)

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from devkit import model_factory
+from devkit.erasure import predict, random_prompts
+from spare_core.comfyui import headless
 
-import comfy_runtime  # noqa: E402
-import model_factory  # noqa: E402
-from erasure_helpers import predict, random_prompts  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -28,8 +27,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     args = parser.parse_args()
-    comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-ablation-")))
-    from spare_core import comfy_bridge as bridge
+    headless.boot(Path(tempfile.mkdtemp(prefix="spare-ablation-")))
+    from spare_core import comfyui as door
     from spare_core.adapter import ErasureAdapter
     from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
     from spare_core.lora import adaptable_modules
@@ -41,7 +40,7 @@ def main() -> int:
     model = model_factory.small_sd15_model(seed=0)
     prompts = random_prompts()
     samples = SampleConfig(samples_per_prompt=2, steps=4, width=64, height=64)
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed=1)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
@@ -62,17 +61,17 @@ def main() -> int:
     forget_x0, retain_x0 = forget.latents.repeat(4, 1, 1, 1), retain.latents.repeat(4, 1, 1, 1)
     noise = torch.randn(forget_x0.shape, generator=generator)
     indices = torch.randint(0, 1000, (forget_x0.shape[0],), generator=generator)
-    teacher_forget = predict(bridge, model, forget_x0, noise, indices, prompts.forget)
-    teacher_surrogate = predict(bridge, model, forget_x0, noise, indices, prompts.surrogate)
-    teacher_retain = predict(bridge, model, retain_x0, noise, indices, prompts.retain)
+    teacher_forget = predict(door, model, forget_x0, noise, indices, prompts.forget)
+    teacher_surrogate = predict(door, model, forget_x0, noise, indices, prompts.surrogate)
+    teacher_retain = predict(door, model, retain_x0, noise, indices, prompts.retain)
     gap = (teacher_forget - teacher_surrogate).norm()
     print(f"{args.steps} steps, lr {args.learning_rate}, rank 4; held-out noise, uniform timesteps")
     print("| selection | modules | forget gap change | retain drift / initial gap |")
     print("|---|---|---|---|")
     for name, result in trained.items():
-        erased = bridge.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
-        remaining = (predict(bridge, erased, forget_x0, noise, indices, prompts.forget) - teacher_surrogate).norm()
-        drift = (predict(bridge, erased, retain_x0, noise, indices, prompts.retain) - teacher_retain).norm()
+        erased = door.patches.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
+        remaining = (predict(door, erased, forget_x0, noise, indices, prompts.forget) - teacher_surrogate).norm()
+        drift = (predict(door, erased, retain_x0, noise, indices, prompts.retain) - teacher_retain).norm()
         print(f"| {name} | {len(selections[name].selected)} | {100 * (remaining / gap - 1):+.1f} % | "
               f"{100 * drift / gap:.1f} % |")
     return 0

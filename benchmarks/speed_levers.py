@@ -22,8 +22,7 @@ from pathlib import Path
 import speed  # benchmarks/speed.py: model building, conditioning, timing helpers
 import torch
 
-comfy_runtime = speed.comfy_runtime
-
+from spare_core.comfyui import headless
 
 # ---------------------------------------------------------------- the levers, each a change for one session
 
@@ -146,7 +145,7 @@ SESSION_LEVERS = {
 }
 
 
-def profile_steps(bridge, model, cond, prepared, settings, rows: int = 30) -> str:
+def profile_steps(door, model, cond, prepared, settings, rows: int = 30) -> str:
     """torch.profiler over a few default training steps: where the step's time goes, by kernel."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -154,7 +153,7 @@ def profile_steps(bridge, model, cond, prepared, settings, rows: int = 30) -> st
     from spare_core.trainer import train_adapter
     forget, retain, saliency, timesteps = prepared
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         config = TrainConfig(steps=2, batch_size=settings.batch_size)
         train_adapter(denoiser, saliency, timesteps, forget, cond["surrogate"], retain, config, seed=0)
         with profile(activities=activities) as prof:
@@ -166,14 +165,14 @@ def profile_steps(bridge, model, cond, prepared, settings, rows: int = 30) -> st
 
 # ---------------------------------------------------------------- measuring
 
-def prepare(bridge, model, cond, settings):
+def prepare(door, model, cond, settings):
     """Samples, saliency and timesteps once per model, with everything at its default (and the inference
     weights left in place, so the 'weights_duplicated' run still finds them)."""
     from spare_core.config import SaliencyConfig, TimestepConfig
     from spare_core.saliency import compute_saliency
     from spare_core.samples import generate_samples
     from spare_core.timesteps import select_timesteps
-    with bridge.denoiser_session(model, keep_inference_originals=True) as denoiser:
+    with door.session.denoiser_session(model, keep_inference_originals=True) as denoiser:
         forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
         retain = generate_samples(denoiser, cond["retain"], cond["uncond"], settings.samples, seed=1)
         saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(), seed=0)
@@ -181,7 +180,7 @@ def prepare(bridge, model, cond, settings):
     return forget, retain, saliency, timesteps
 
 
-def training_steps(bridge, model, cond, prepared, settings, lever: str) -> dict:
+def training_steps(door, model, cond, prepared, settings, lever: str) -> dict:
     from spare_core.config import TrainConfig
     from spare_core.trainer import train_adapter
     _, change, keep_originals, *config_changes = SESSION_LEVERS[lever]
@@ -195,20 +194,20 @@ def training_steps(bridge, model, cond, prepared, settings, lever: str) -> dict:
         stamps.append(time.perf_counter())
     speed.reset_memory()
     start = time.perf_counter()
-    with bridge.denoiser_session(model, keep_inference_originals=keep_originals) as denoiser, change(denoiser):
+    with door.session.denoiser_session(model, keep_inference_originals=keep_originals) as denoiser, change(denoiser):
         train_adapter(denoiser, saliency, timesteps, forget, cond["surrogate"], retain, config, seed=0, on_step=stamp)
     warm = stamps[settings.warmup - 1]
     return {"seconds_per_step": round((stamps[-1] - warm) / settings.steps, 4),
             "warmup_seconds": round(warm - start, 2), **speed.peak_memory_gb()}
 
 
-def sampling_seconds(bridge, model, cond, settings, steps: int) -> dict:
+def sampling_seconds(door, model, cond, settings, steps: int) -> dict:
     from spare_core.config import SampleConfig
     from spare_core.samples import generate_samples
     config = SampleConfig(samples_per_prompt=settings.samples.samples_per_prompt, steps=steps,
                           width=settings.samples.width, height=settings.samples.height)
     stages: dict = {}
-    with bridge.denoiser_session(model) as denoiser, speed.timed(stages, "samples"):
+    with door.session.denoiser_session(model) as denoiser, speed.timed(stages, "samples"):
         generate_samples(denoiser, cond["forget"], cond["uncond"], config, seed=0)
         generate_samples(denoiser, cond["retain"], cond["uncond"], config, seed=1)
     return {"seconds": stages["samples"], "sampling_steps": steps}
@@ -236,10 +235,10 @@ def main(argv=None) -> int:
     size = args.size or ("full" if gpu else "reduced")
     default_dtype = torch.float16 if gpu else torch.float32
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-levers-")), cpu=not gpu)
+    runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-levers-")), cpu=not gpu)
     import comfy.ldm.modules.attention as attention
 
-    from spare_core import comfy_bridge as bridge
+    from spare_core import comfyui as door
 
     results = {"device": speed.device_name(), "date": datetime.date.today().isoformat(), "size": size,
                "default_dtype": str(default_dtype).replace("torch.", ""), "comfyui": speed.comfyui_label(runtime),
@@ -265,28 +264,28 @@ def main(argv=None) -> int:
             save()
 
         model = speed.build_model(family, size, default_dtype)
-        cond = speed.conditionings(bridge, model, family, resolution)
-        prepared = prepare(bridge, model, cond, settings)
+        cond = speed.conditionings(door, model, family, resolution)
+        prepared = prepare(door, model, cond, settings)
         if family in args.profile_models.split(","):
-            print(profile_steps(bridge, model, cond, prepared, settings), flush=True)
+            print(profile_steps(door, model, cond, prepared, settings), flush=True)
         levers = args.levers.split(",")
         # weights_duplicated must run while the weights are still inference tensors, so before any other session.
         for lever in sorted(levers, key=lambda name: name != "weights_duplicated"):
-            record(lever, training_steps(bridge, model, cond, prepared, settings, lever))
-        record("default_again", training_steps(bridge, model, cond, prepared, settings, "default"))
+            record(lever, training_steps(door, model, cond, prepared, settings, lever))
+        record("default_again", training_steps(door, model, cond, prepared, settings, "default"))
         for steps in (8, 50):
-            record(f"samples_{steps}_steps", sampling_seconds(bridge, model, cond, settings, steps))
+            record(f"samples_{steps}_steps", sampling_seconds(door, model, cond, settings, steps))
         if family in args.compile_models.split(","):
             try:
-                record("torch_compile", training_steps(bridge, model, cond, prepared, settings, "torch_compile"))
+                record("torch_compile", training_steps(door, model, cond, prepared, settings, "torch_compile"))
             except Exception as error:  # a compiler failure is a finding to report, not a reason to lose the rest
                 record("torch_compile", {"error": f"{type(error).__name__}: {str(error)[:300]}"})
         prepared = model = None
         runtime.unload_models()
         for name in filter(None, args.dtypes.split(",")):
             model = speed.build_model(family, size, dtypes[name])
-            prepared = prepare(bridge, model, cond, settings)
-            record(f"dtype_{name}", training_steps(bridge, model, cond, prepared, settings, "default"))
+            prepared = prepare(door, model, cond, settings)
+            record(f"dtype_{name}", training_steps(door, model, cond, prepared, settings, "default"))
             prepared = model = None
             runtime.unload_models()
     save()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 
-from ..spare_core import comfy_bridge, pipeline
 from ..spare_core.adapter import describe, load_adapter, save_adapter
+from ..spare_core.comfyui import files, jobs, models, patches
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
 from ..spare_core.prompts import PHRASE_RULE, ErasurePrompts
 
@@ -51,7 +51,7 @@ def _fraction(config_class, name: str, default: float):
 
 
 def _samples(model, samples: int, resolution: int) -> SampleConfig:
-    side = resolution or comfy_bridge.native_resolution(model)
+    side = resolution or models.native_resolution(model)
     return SampleConfig(samples_per_prompt=samples, width=side, height=side)
 
 
@@ -61,7 +61,7 @@ def _with_adapter_info(adapter, result: tuple) -> dict:
 
 
 def _latents(model, latent):
-    return None if latent is None else comfy_bridge.latents_from_comfy(model, latent)
+    return None if latent is None else models.latents_from_comfy(model, latent)
 
 
 class SpareComputeSaliency:
@@ -86,7 +86,7 @@ class SpareComputeSaliency:
                 resolution, seed, forget_latents=None):
         prompts = ErasurePrompts.parse(forget_prompts, None, retain_prompts)
         config = SaliencyConfig(module_fraction=module_fraction, row_fraction=row_fraction)
-        return pipeline.saliency_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
+        return jobs.saliency_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                            _latents(model, forget_latents))
 
 
@@ -116,7 +116,7 @@ class SpareTimestepSelector:
                resolution, seed):
         prompts = ErasurePrompts.parse(forget_prompt, surrogate_prompt)
         config = TimestepConfig(bins=bins, temperature=temperature, top_fraction=top_fraction)
-        return pipeline.timesteps_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed)
+        return jobs.timesteps_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed)
 
 
 class SpareTrainAdapter:
@@ -178,7 +178,7 @@ class SpareTrainAdapter:
                              retain_weight=retain_weight, batch_size=batch_size,
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
                              overshoot=overshoot)
-        trained = pipeline.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
+        trained = jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                            saliency, timesteps, _latents(model, forget_latents))
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
 
@@ -201,7 +201,7 @@ class SpareApplyErasure:
                                                                "above 1 or negative are allowed, like any LoRA."})}}
 
     def apply(self, model, adapter, strength):
-        return _with_adapter_info(adapter, (comfy_bridge.apply_adapter(model, adapter, strength),))
+        return _with_adapter_info(adapter, (patches.apply_adapter(model, adapter, strength),))
 
 
 class SpareRemoveErasure:
@@ -216,7 +216,7 @@ class SpareRemoveErasure:
         return {"required": {"model": MODEL_INPUT, "adapter": ADAPTER_INPUT}}
 
     def remove(self, model, adapter):
-        return _with_adapter_info(adapter, (comfy_bridge.remove_adapter(model, adapter),))
+        return _with_adapter_info(adapter, (patches.remove_adapter(model, adapter),))
 
 
 class SpareSaveAdapter:
@@ -246,9 +246,9 @@ class SpareSaveAdapter:
 
     def save(self, adapter, file_name, overwrite, counter=None):
         # A prompt written before the counter existed (counter absent) keeps its exact file name.
-        path = save_adapter(adapter, comfy_bridge.new_lora_file_path(file_name), overwrite=overwrite,
+        path = save_adapter(adapter, files.new_lora_file_path(file_name), overwrite=overwrite,
                             counter=bool(counter))
-        return {"ui": {"text": [str(path.relative_to(comfy_bridge.lora_root()))]}}
+        return {"ui": {"text": [str(path.relative_to(files.lora_root()))]}}
 
 
 class SpareLoadAdapter:
@@ -260,18 +260,18 @@ class SpareLoadAdapter:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"adapter_name": (comfy_bridge.lora_file_names(),
+        return {"required": {"adapter_name": (files.lora_file_names(),
                                               {"tooltip": "A .safetensors file in models/loras."})}}
 
     @classmethod
     def IS_CHANGED(cls, adapter_name):
         try:
-            return os.path.getmtime(comfy_bridge.lora_file_path(adapter_name))
+            return os.path.getmtime(files.lora_file_path(adapter_name))
         except (FileNotFoundError, OSError):
             return float("nan")
 
     def load(self, adapter_name):
-        adapter = load_adapter(comfy_bridge.lora_file_path(adapter_name))
+        adapter = load_adapter(files.lora_file_path(adapter_name))
         return _with_adapter_info(adapter, (adapter,))
 
 

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import logging
 
-from ..spare_core import comfy_bridge
 from ..spare_core.adapter import describe, read_metadata
+from ..spare_core.comfyui import files, progress
 
 log = logging.getLogger("spare")
 
 
 def adapter_library() -> list[dict]:
     entries = []
-    for name in comfy_bridge.lora_file_names():
+    for name in files.lora_file_names():
         if not name.endswith(".safetensors"):
             continue
         try:
-            entry = describe(read_metadata(comfy_bridge.lora_file_path(name)))
+            entry = describe(read_metadata(files.lora_file_path(name)))
         except (ValueError, FileNotFoundError) as error:
             entry = {"is_spare": False, "error": str(error)}
         entries.append({"file": name, **entry})
@@ -28,7 +28,7 @@ def adapter_library() -> list[dict]:
 
 
 def register() -> None:
-    routes = comfy_bridge.server_routes()
+    routes = progress.server_routes()
     if routes is None:
         return
     from aiohttp import web

@@ -3,7 +3,7 @@ example_workflows/api/synthcanvas_erase_style.json (erase the "neon" style) thro
 judges the result with the shipped classifier.
 
 Writes to --out: the workflow's images and charts, the adapter, a before / after grid and metrics.json
-(UA / IRA / CRA / paraphrase UA, as in benchmarks/synthcanvas.py).
+(UA / IRA / CRA / paraphrase UA, as in benchmarks/unlearncanvas.py).
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import unlearncanvas
+from spare_core.comfyui import headless
+from synthcanvas import demo_model
+from synthcanvas.generation import generate
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-import comfy_runtime  # noqa: E402
-
-from synthcanvas import benchmark, demo_model  # noqa: E402
-from synthcanvas.generation import generate  # noqa: E402
 
 WORKFLOW = REPO / "example_workflows" / "api" / "synthcanvas_erase_style.json"
-CONCEPT = benchmark.Concept("style", "neon")
+CONCEPT = unlearncanvas.Concept("style", "neon")
 
 
 def show_progress_in_terminal(prompt: dict) -> None:
@@ -64,7 +63,7 @@ def main() -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    runtime = comfy_runtime.boot(out / "comfyui")
+    runtime = headless.boot(out / "comfyui")
     checkpoint = demo_model.build_checkpoint(runtime.folder("checkpoints") / demo_model.CHECKPOINT_NAME)
     prompt = json.loads(WORKFLOW.read_text())
     if args.train_steps:
@@ -90,17 +89,17 @@ def main() -> int:
     # the benchmark, generated through the stock KSampler.
     base, clip, vae = (run.outputs["1"][slot][0] for slot in range(3))  # outputs[node][slot] holds a list
     erased = run.outputs["6"][1][0]
-    settings = benchmark.Settings()
-    evals = benchmark.eval_set(CONCEPT, settings.forget_seeds, settings.paraphrase_seeds)
+    settings = unlearncanvas.Settings()
+    evals = unlearncanvas.eval_set(CONCEPT, settings.forget_seeds, settings.paraphrase_seeds)
     scores = {}
     for name, model in (("before", base), ("after", erased)):
-        images = generate(runtime.nodes, model, clip, vae, evals.prompts, benchmark.EVAL_SEED, settings.sampler)
-        scores[name] = benchmark.score(CONCEPT, evals, images)
-    rows = benchmark.grid_rows(CONCEPT)
-    tiles = [[benchmark._uint8(b), benchmark._uint8(a)] for b, a in zip(
-        generate(runtime.nodes, base, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler),
-        generate(runtime.nodes, erased, clip, vae, rows, benchmark.EVAL_SEED, settings.sampler), strict=True)]
-    grid = benchmark.grid(rows, ["before", "after"], tiles, out / "synthcanvas_erase_neon_grid.png")
+        images = generate(runtime.nodes, model, clip, vae, evals.prompts, unlearncanvas.EVAL_SEED, settings.sampler)
+        scores[name] = unlearncanvas.score(CONCEPT, evals, images)
+    rows = unlearncanvas.grid_rows(CONCEPT)
+    tiles = [[unlearncanvas._uint8(b), unlearncanvas._uint8(a)] for b, a in zip(
+        generate(runtime.nodes, base, clip, vae, rows, unlearncanvas.EVAL_SEED, settings.sampler),
+        generate(runtime.nodes, erased, clip, vae, rows, unlearncanvas.EVAL_SEED, settings.sampler), strict=True)]
+    grid = unlearncanvas.grid(rows, ["before", "after"], tiles, out / "synthcanvas_erase_neon_grid.png")
     metrics = {"concept": CONCEPT.label(), "workflow_seconds": round(seconds, 1), **scores,
                "definitions": "UA: share of 'neon' images not classified neon; IRA: style accuracy on the other "
                               "styles; CRA: object accuracy on images not prompted with neon; paraphrase UA: UA "

@@ -35,3 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     "comfyui-frontend-package==$NEWEST_FRONT_END"
   echo "$wanted" > "$stamp"
 fi
+# The checkout's root on the venv's path, as an editable install would put it, so that the tests, scripts and
+# benchmarks import spare_core, synthcanvas and devkit with no path edits of their own.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" > "$site/spare_checkout.pth"

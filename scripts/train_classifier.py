@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from synthcanvas import classifier
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from synthcanvas import classifier  # noqa: E402
 
 
 def main() -> int:
@@ -69,9 +68,9 @@ def demo_vae_round_trip(path: Path | None = None):
     """encode → decode with ComfyUI's TAESD class and the demo model's VAE weights (or a training run's
     vae.safetensors)."""
     import tempfile
-    sys.path.insert(0, str(REPO / "tests"))
-    import comfy_runtime
-    comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-classifier-")), cpu=not torch.cuda.is_available())
+
+    from spare_core.comfyui import headless
+    headless.boot(Path(tempfile.mkdtemp(prefix="spare-classifier-")), cpu=not torch.cuda.is_available())
     import comfy.taesd.taesd
 
     from synthcanvas import demo_model

@@ -27,12 +27,10 @@ from pathlib import Path
 
 import torch
 
+from spare_core.comfyui import headless
+from synthcanvas import demo_model, evaluation, training
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-import comfy_runtime  # noqa: E402
-
-from synthcanvas import demo_model, evaluation, training  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -61,7 +59,7 @@ def main(argv=None) -> int:
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     work = (args.work or Path(tempfile.mkdtemp(prefix="synthcanvas-train-"))).resolve()
-    runtime = comfy_runtime.boot(work / "comfyui", cpu=not gpu)
+    runtime = headless.boot(work / "comfyui", cpu=not gpu)
 
     started = time.perf_counter()
     result = training.train(plan, work, device, report=print, reuse_vae=args.reuse_vae,

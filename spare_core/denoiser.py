@@ -1,6 +1,6 @@
 """What the algorithm needs from a diffusion model, independent of ComfyUI.
 
-The bridge builds a ``Denoiser`` from a ComfyUI MODEL; tests build one from a toy ``nn.Module``.
+``spare_core.comfyui.session`` builds a ``Denoiser`` from a ComfyUI MODEL; tests build one from a toy ``nn.Module``.
 All algorithm code speaks in noise (epsilon) space, x_t = x_0 + sigma * eps, whatever the model
 predicts natively, so eps-, v-prediction and SDXL models share one loss.
 """
@@ -66,7 +66,7 @@ class Denoiser:
     predict_noise: (x_t (B,C,H,W), sigma (B,), cond with B rows) -> eps estimate (B,C,H,W), float32.
     sigmas: the model's own noise schedule, ascending, one entry per training timestep.
     blocks: the UNet's residual and transformer blocks, the units gradient checkpointing recomputes
-    (empty where the bridge does not know the architecture's blocks).
+    (empty where the ComfyUI session does not know the architecture's blocks).
     """
 
     unet: torch.nn.Module
@@ -81,3 +81,10 @@ class Denoiser:
     @property
     def num_timesteps(self) -> int:
         return int(self.sigmas.shape[0])
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward process every stage trains or measures on: x_t = x0 + sigma_t * noise at the model's own
+        sigma for each timestep index. Returns (x_t, sigma)."""
+        sigma = self.sigmas.float().cpu()[timesteps].to(x0.device)
+        return x0 + sigma.view(-1, 1, 1, 1) * noise, sigma

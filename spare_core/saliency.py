@@ -106,8 +106,7 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
             x0 = forget.latents.to(denoiser.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             index = torch.randint(denoiser.num_timesteps, (count,), generator=generator)
-            sigma = denoiser.sigmas.float().cpu()[index].to(x0.device)
-            x_t = x0 + sigma.view(-1, 1, 1, 1) * noise
+            x_t, sigma = denoiser.add_noise(x0, noise, index)
             repeat = len(conds)
             predicted = denoiser.predict_noise(x_t.repeat(repeat, 1, 1, 1), sigma.repeat(repeat), cond)
             losses = [torch.nn.functional.mse_loss(part, noise) for part in predicted.split(count)]

@@ -1,6 +1,6 @@
 """Stage 1 of SPARE: concept samples without a dataset; the frozen model draws its own latents for each prompt.
 
-The stages run in this order (pipeline.py): samples → saliency → timesteps → training → adapter.
+The stages run in this order (spare_core.comfyui.jobs): samples → saliency → timesteps → training → adapter.
 """
 
 from __future__ import annotations
@@ -67,10 +67,19 @@ def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditio
     x = torch.randn(shape, generator=generator).to(denoiser.device) * sigmas[0]
     uncond_rows = uncond.select(torch.zeros(count, dtype=torch.long))
     both = Conditioning.cat([cond.to(denoiser.device, denoiser.dtype), uncond_rows.to(denoiser.device, denoiser.dtype)])
+    x = euler_with_guidance(denoiser, x, sigmas, both, config.cfg, on_step)
+    return ConceptSamples(x.float(), cond, repeat)
+
+
+def euler_with_guidance(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, both: Conditioning, cfg: float,
+                        on_step: Callable[[int], None] = lambda step: None) -> torch.Tensor:
+    """Euler steps from sigmas[0] down to sigmas[-1] with classifier-free guidance. ``both`` holds one conditional
+    row per latent, then as many unconditional rows."""
+    count = len(x)
     for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         sigma_batch = torch.full((2 * count,), float(sigma), device=denoiser.device)
         eps_cond, eps_uncond = denoiser.predict_noise(torch.cat([x, x]), sigma_batch, both).chunk(2)
-        eps = eps_uncond + config.cfg * (eps_cond - eps_uncond)
+        eps = eps_uncond + cfg * (eps_cond - eps_uncond)
         x = x + eps * float(sigma_next - sigma)
         on_step(step)
-    return ConceptSamples(x.float(), cond, repeat)
+    return x

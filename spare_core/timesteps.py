@@ -74,7 +74,6 @@ def select_timesteps(denoiser: Denoiser, forget: ConceptSamples, surrogate: Cond
                      seed: int, on_bin: Callable[[int], None] = lambda k: None) -> TimestepDistribution:
     generator = torch.Generator().manual_seed(seed)
     edges = equal_bins(denoiser.num_timesteps, config.bins)
-    sigmas = denoiser.sigmas.float().cpu()
     scores = []
     for k in range(config.bins):
         total = 0.0
@@ -83,8 +82,7 @@ def select_timesteps(denoiser: Denoiser, forget: ConceptSamples, surrogate: Cond
             x0 = batch.latents.to(denoiser.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
             index = torch.randint(edges[k], edges[k + 1], (x0.shape[0],), generator=generator)
-            sigma = sigmas[index].to(x0.device)
-            x_t = x0 + sigma.view(-1, 1, 1, 1) * noise
+            x_t, sigma = denoiser.add_noise(x0, noise, index)
             both = Conditioning.cat([batch.cond, batch.surrogates(surrogate)]).to(denoiser.device, denoiser.dtype)
             eps_forget, eps_surrogate = denoiser.predict_noise(
                 torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), both).chunk(2)

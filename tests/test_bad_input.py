@@ -1,9 +1,9 @@
 """Each bad input gets a clear error that names the input and what would be valid; nothing is lost."""
 
-import model_factory
 import pytest
 import torch
 
+from devkit import model_factory
 from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.prompts import ErasurePrompts
@@ -67,7 +67,7 @@ def test_config_errors(make, message):
         make()
 
 
-def test_rank_above_what_a_module_allows_names_the_module(comfy, bridge, small_sd15):
+def test_rank_above_what_a_module_allows_names_the_module(comfy, door, small_sd15):
     from spare_core.lora import SparseLoRASet, adaptable_modules
     unet = small_sd15.model.diffusion_model
     name = "input_blocks.0.0"  # conv_in: 64 outputs
@@ -76,19 +76,19 @@ def test_rank_above_what_a_module_allows_names_the_module(comfy, bridge, small_s
     assert name in adaptable_modules(unet)
 
 
-def test_unsupported_model_types_are_refused(comfy, bridge):
+def test_unsupported_model_types_are_refused(comfy, door):
     import comfy.supported_models
     config = dict(model_factory.SD15_UNET, in_channels=9, model_channels=64, num_heads=-1, num_head_channels=32)
     inpainting = model_factory._patched_model(comfy.supported_models.SD15(model_factory.unet_config(config)), 0)
     with pytest.raises(ValueError, match=r"model input is an inpainting .* SD1.x, SD2.x .* and SDXL"):
-        bridge.model_family(inpainting)
+        door.models.model_family(inpainting)
     with pytest.raises(ValueError, match=r"model input is not a ComfyUI diffusion MODEL"):
-        bridge.model_family(object())
+        door.models.model_family(object())
 
 
-def test_missing_clip_is_named(bridge, small_sd15):
+def test_missing_clip_is_named(door, small_sd15):
     with pytest.raises(ValueError, match=r"clip input is empty, so forget_prompts cannot be encoded"):
-        bridge.encode_prompts(small_sd15, None, ["a cat"], 512, 512, "forget_prompts")
+        door.models.encode_prompts(small_sd15, None, ["a cat"], 512, 512, "forget_prompts")
 
 
 def _tiny_adapter(model, metadata=None):
@@ -98,7 +98,7 @@ def _tiny_adapter(model, metadata=None):
     return ErasureAdapter(lora_set.kohya_state_dict(), metadata or {"base_model": "sd1"})
 
 
-def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_match(bridge, small_sd15, small_sdxl):
+def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_match(door, small_sd15, small_sdxl):
     from spare_core.lora import SparseLoRASet
     unet = small_sd15.model.diffusion_model
     attention = [name for name, _ in unet.named_modules() if name.endswith("attn2.to_k")]
@@ -106,11 +106,11 @@ def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_mat
     adapter = ErasureAdapter(lora_set.kohya_state_dict(), {"base_model": "sd1"})
     # The SDXL test UNet has the same module names but a 2048-wide context: every to_k differs in shape.
     with pytest.raises(ValueError, match=r"adapter does not fit this model: .* is 64x768 .* made for sd1"):
-        bridge.apply_adapter(small_sdxl, adapter, 1.0)
+        door.patches.apply_adapter(small_sdxl, adapter, 1.0)
     renamed = ErasureAdapter({k.replace("lora_unet_", "lora_unet_missing_"): v for k, v in adapter.tensors.items()},
                              {"base_model": "sd1"})
     with pytest.raises(ValueError, match=rf"{len(attention)} of {len(attention)} modules did not match"):
-        bridge.apply_adapter(small_sd15, renamed, 1.0)
+        door.patches.apply_adapter(small_sd15, renamed, 1.0)
 
 
 def test_file_that_is_not_safetensors_is_refused(tmp_path):
@@ -130,7 +130,7 @@ def test_file_without_unet_lora_keys_is_refused(tmp_path):
         load_adapter(path)
 
 
-def test_save_never_overwrites_unasked_and_writes_atomically(bridge, small_sd15, tmp_path):
+def test_save_never_overwrites_unasked_and_writes_atomically(door, small_sd15, tmp_path):
     adapter = _tiny_adapter(small_sd15)
     path = save_adapter(adapter, tmp_path / "erase.safetensors")
     original = path.read_bytes()
@@ -168,7 +168,7 @@ def test_a_damaged_shared_adapter_is_refused_on_load_naming_the_key(tmp_path, da
         load_adapter(path)
 
 
-def test_written_files_follow_the_umask_like_comfyuis_own(bridge, small_sd15, tmp_path):
+def test_written_files_follow_the_umask_like_comfyuis_own(door, small_sd15, tmp_path):
     """Adapters and the demo checkpoint are read by other users and services from a shared models folder."""
     import os
     import stat
@@ -188,34 +188,34 @@ def test_written_files_follow_the_umask_like_comfyuis_own(bridge, small_sd15, tm
 
 
 @pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "sub/../../x", "", "  ", "a/./b"])
-def test_save_names_outside_models_loras_are_refused(bridge, name):
+def test_save_names_outside_models_loras_are_refused(door, name):
     with pytest.raises(ValueError,
                        match="file_name .* (is not a plain file name inside models/loras|would be written)"):
-        bridge.new_lora_file_path(name)
+        door.files.new_lora_file_path(name)
 
 
-def test_save_name_gets_the_extension_and_stays_in_models_loras(comfy, bridge):
-    path = bridge.new_lora_file_path("erasures/van_gogh")
+def test_save_name_gets_the_extension_and_stays_in_models_loras(comfy, door):
+    path = door.files.new_lora_file_path("erasures/van_gogh")
     assert path.name == "van_gogh.safetensors"
     assert path.parent.parent == comfy.folder("loras").resolve()
 
 
-def test_loading_a_missing_adapter_names_the_file(bridge):
+def test_loading_a_missing_adapter_names_the_file(door):
     with pytest.raises(FileNotFoundError, match=r"adapter file 'nope.safetensors' is not in models/loras"):
-        bridge.lora_file_path("nope.safetensors")
+        door.files.lora_file_path("nope.safetensors")
 
 
-def test_resolution_0_means_the_models_native_size(comfy, bridge, sd15, small_sdxl, synthcanvas_checkpoint):
+def test_resolution_0_means_the_models_native_size(comfy, door, sd15, small_sdxl, synthcanvas_checkpoint):
     with torch.inference_mode():
         demo = comfy.node("CheckpointLoaderSimple").load_checkpoint(synthcanvas_checkpoint)[0]
-    assert bridge.native_resolution(sd15[0]) == 512
-    assert bridge.native_resolution(small_sdxl) == 1024
-    assert bridge.native_resolution(demo) == 64  # a user of the demo model need not know it
+    assert door.models.native_resolution(sd15[0]) == 512
+    assert door.models.native_resolution(small_sdxl) == 1024
+    assert door.models.native_resolution(demo) == 64  # a user of the demo model need not know it
 
 
-def test_a_prompt_longer_than_one_clip_chunk_is_named(bridge, sd15):
+def test_a_prompt_longer_than_one_clip_chunk_is_named(door, sd15):
     model, clip, _ = sd15
     long_phrase = "supercalifragilistic" * 30  # one "word": a phrase by the word rule, 100+ tokens
     with pytest.raises(ValueError,
                        match=r"forget_prompts: 'a photo of supercal.* is longer than one 75-token CLIP chunk"):
-        bridge.encode_prompts(model, clip, [f"a photo of {long_phrase}"], 64, 64, "forget_prompts")
+        door.models.encode_prompts(model, clip, [f"a photo of {long_phrase}"], 64, 64, "forget_prompts")

@@ -1,10 +1,10 @@
 """Baselines run beside SPARE in benchmarks: UCE's closed-form edit and ESD-x's fine-tuning."""
 
-import model_factory
 import torch
-from erasure_helpers import random_prompts
 
-from spare_core.baselines import ESDConfig, UCEConfig, cross_attention_linears, edit_uce, text_projections, train_esd_x
+from benchmarks.baselines import ESDConfig, UCEConfig, cross_attention_linears, edit_uce, text_projections, train_esd_x
+from devkit import model_factory
+from devkit.erasure import random_prompts
 
 
 def test_uce_maps_the_concept_onto_its_target_and_keeps_preserved_concepts(small_sd15):
@@ -25,11 +25,11 @@ def test_uce_maps_the_concept_onto_its_target_and_keeps_preserved_concepts(small
         assert torch.equal(layer.weight.detach().float(), old), "UCE returns new weights; the model is untouched"
 
 
-def test_esd_x_trains_only_cross_attention_and_restores_the_model(bridge, small_sd15):
+def test_esd_x_trains_only_cross_attention_and_restores_the_model(door, small_sd15):
     prompts = random_prompts(seed=9)
     unet = small_sd15.model.diffusion_model
     before = {n: m.weight.detach().clone() for n, m in cross_attention_linears(unet).items()}
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         losses = []
         weights = train_esd_x(denoiser, prompts.forget, prompts.uncond,
                               ESDConfig(iterations=3, learning_rate=1e-3, sampling_steps=4, latent_size=4), seed=0,
@@ -39,14 +39,14 @@ def test_esd_x_trains_only_cross_attention_and_restores_the_model(bridge, small_
     assert all(torch.equal(m.weight, before[n]) for n, m in cross_attention_linears(unet).items())
 
 
-def test_esd_x_trains_a_bfloat16_model_through_float32_master_weights(bridge):
+def test_esd_x_trains_a_bfloat16_model_through_float32_master_weights(door):
     """A GPU holds the model in half precision; ESD-x's trained copies stay float32 and the model keeps its own."""
     model = model_factory.small_sd15_model(seed=0, dtype=torch.bfloat16)
     prompts = random_prompts(seed=9)
     unet = model.model.diffusion_model
     before = {n: m.weight.detach().clone() for n, m in cross_attention_linears(unet).items()}
     assert all(w.dtype == torch.bfloat16 for w in before.values())
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         weights = train_esd_x(denoiser, prompts.forget, prompts.uncond,
                               ESDConfig(iterations=2, learning_rate=1e-3, sampling_steps=4, latent_size=4), seed=0)
     assert all(w.dtype == torch.float32 for w in weights.values())

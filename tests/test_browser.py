@@ -17,7 +17,8 @@ from pathlib import Path
 import browser_server
 import numpy as np
 import pytest
-from workflow_format import api_to_ui
+
+from devkit.workflow_format import api_to_ui
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "out" / "screenshots"

@@ -1,10 +1,12 @@
 """Training on a real ComfyUI MODEL: erasure happens, retention holds, the base model is never touched."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import assert_bit_identical, unet_snapshot
-from erasure_helpers import predict, random_prompts
 
+from devkit.erasure import predict, random_prompts
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency
@@ -16,11 +18,11 @@ SAMPLES = SampleConfig(samples_per_prompt=4, steps=4, width=64, height=64)
 
 
 @pytest.fixture(scope="module")
-def erasure(bridge, small_sd15):
+def erasure(door, small_sd15):
     """One full SPARE run (samples → saliency → timesteps → distillation) on the 64-channel SD1.5 model."""
     prompts = random_prompts()
     snapshot = unet_snapshot(small_sd15)
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, SAMPLES, seed=0)
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, SAMPLES, seed=1)
         # Half the modules by contrast saliency: on random weights plain SalUn scores put the output conv and skips
@@ -34,9 +36,9 @@ def erasure(bridge, small_sd15):
     return prompts, forget, retain, saliency, result, snapshot
 
 
-def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(bridge, small_sd15, erasure):
+def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(door, small_sd15, erasure):
     prompts, forget, retain, _, result, _ = erasure
-    erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
+    erased = door.patches.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
     # Held out: noise and timesteps never seen in training (a different generator, uniform over the schedule).
     generator = torch.Generator().manual_seed(12345)
     repeats = 4
@@ -44,11 +46,11 @@ def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(
     noise = torch.randn(forget_x0.shape, generator=generator)
     indices = torch.randint(0, 1000, (forget_x0.shape[0],), generator=generator)
 
-    teacher_forget = predict(bridge, small_sd15, forget_x0, noise, indices, prompts.forget)
-    teacher_surrogate = predict(bridge, small_sd15, forget_x0, noise, indices, prompts.surrogate)
-    student_forget = predict(bridge, erased, forget_x0, noise, indices, prompts.forget)
-    teacher_retain = predict(bridge, small_sd15, retain_x0, noise, indices, prompts.retain)
-    student_retain = predict(bridge, erased, retain_x0, noise, indices, prompts.retain)
+    teacher_forget = predict(door, small_sd15, forget_x0, noise, indices, prompts.forget)
+    teacher_surrogate = predict(door, small_sd15, forget_x0, noise, indices, prompts.surrogate)
+    student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
+    teacher_retain = predict(door, small_sd15, retain_x0, noise, indices, prompts.retain)
+    student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
 
     initial_gap = (teacher_forget - teacher_surrogate).norm()
     remaining_gap = (student_forget - teacher_surrogate).norm()
@@ -57,7 +59,7 @@ def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(
     assert retain_drift <= 0.10 * initial_gap, f"retain drift {retain_drift:.4f} vs initial gap {initial_gap:.4f}"
 
 
-def _held_out(bridge, forget, seed: int):
+def _held_out(door, forget, seed: int):
     """Fixed held-out draws (4 per forget latent, noise and timesteps from their own generator): returns a
     function giving any model's noise prediction on them for a conditioning, and the draws' timestep indices."""
     generator = torch.Generator().manual_seed(seed)
@@ -66,22 +68,22 @@ def _held_out(bridge, forget, seed: int):
     indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
 
     def on(model, cond):
-        return predict(bridge, model, x0, noise, indices, cond)
+        return predict(door, model, x0, noise, indices, cond)
     return on, indices
 
 
-def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(bridge, small_sd15, erasure):
+def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(door, small_sd15, erasure):
     """The trainer's own figures (held-out noise, its own generator): 0 before training by construction, then the
     share of the gap closed that an independent measure (the test above's) also sees."""
     prompts, forget, _, _, result, _ = erasure
     first, last = result.checks[0], result.final_check
     assert (first.step, first.gap_closed, first.retain_drift) == (0, 0.0, 0.0)
     assert last.step == result.steps_done == 400 and last.concept_gap > 0
-    erased = bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
-    on, indices = _held_out(bridge, forget, seed=777)
+    erased = door.patches.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
+    on, indices = _held_out(door, forget, seed=777)
     teacher, surrogate = on(small_sd15, prompts.forget), on(small_sd15, prompts.surrogate)
     student = on(erased, prompts.forget)
-    with bridge.denoiser_session(small_sd15) as denoiser:  # residuals compared as denoised images: σ·ε
+    with door.session.denoiser_session(small_sd15) as denoiser:  # residuals compared as denoised images: σ·ε
         sigma = denoiser.sigmas.float().cpu()[indices].view(-1, 1, 1, 1)
     independent = 1 - float((sigma * (student - surrogate)).norm() / (sigma * (teacher - surrogate)).norm())
     assert abs(last.gap_closed - independent) <= 0.15, (last, independent)
@@ -93,31 +95,31 @@ def _progress_along_the_gap(concept, surrogate, student) -> float:
     return float((student - concept).flatten() @ direction / (direction @ direction))
 
 
-def test_overshoot_moves_the_concept_past_the_surrogate(bridge, small_sd15, erasure):
+def test_overshoot_moves_the_concept_past_the_surrogate(door, small_sd15, erasure):
     """overshoot = 1 aims at ε(surrogate) + 1·(ε(surrogate) − ε(concept)): the concept's prediction must end beyond
     the surrogate along the gap (the run without overshoot stops short of it), on held-out noise and timesteps,
     and the trainer's own check must measure the share closed towards that target."""
     prompts, forget, retain, saliency, plain, _ = erasure
     config = TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, overshoot=1.0)
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         pushed = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, config, seed=0)
-    on, _ = _held_out(bridge, forget, seed=4242)
+    on, _ = _held_out(door, forget, seed=4242)
     concept, surrogate = on(small_sd15, prompts.forget), on(small_sd15, prompts.surrogate)
 
     def student(result):
-        return on(bridge.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0), prompts.forget)
+        return on(door.patches.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0), prompts.forget)
     progress_plain = _progress_along_the_gap(concept, surrogate, student(plain))
     progress_pushed = _progress_along_the_gap(concept, surrogate, student(pushed))
     assert progress_plain <= 1.0 < progress_pushed, (progress_plain, progress_pushed)
     assert pushed.final_check.gap_closed > 0.3, pushed.final_check
 
 
-def test_training_stops_once_the_target_share_of_the_gap_is_closed(bridge, small_sd15, erasure):
+def test_training_stops_once_the_target_share_of_the_gap_is_closed(door, small_sd15, erasure):
     prompts, forget, retain, saliency, _, _ = erasure
     config = TrainConfig(rank=8, steps=400, learning_rate=3e-3, retain_weight=2.0, erase_target=0.4, check_every=10,
                          overshoot=0.0)
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, config, seed=0)
     assert result.steps_done < 400 and result.steps_done % 10 == 0
@@ -125,7 +127,7 @@ def test_training_stops_once_the_target_share_of_the_gap_is_closed(bridge, small
     assert len(result.losses) == result.steps_done
 
 
-def test_loss_falls_and_adapter_is_sparse(bridge, small_sd15, erasure):
+def test_loss_falls_and_adapter_is_sparse(door, small_sd15, erasure):
     _, _, _, saliency, result, _ = erasure
     assert sum(result.losses[-20:]) / 20 < 0.5 * result.losses[0]
     stems = {key.split(".")[0] for key in result.state_dict}
@@ -138,10 +140,10 @@ def test_base_model_is_bit_identical_after_training(small_sd15, erasure):
     assert_bit_identical(small_sd15, erasure[-1])
 
 
-def test_row_masked_adapter_has_exact_zero_rows(bridge, small_sd15):
+def test_row_masked_adapter_has_exact_zero_rows(door, small_sd15):
     prompts = random_prompts(seed=1)
     samples = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
         saliency = compute_saliency(denoiser, forget, prompts.retain,
                                     SaliencyConfig(module_fraction=0.25, row_fraction=0.25, draws=1), seed=0)
@@ -159,30 +161,39 @@ def test_row_masked_adapter_has_exact_zero_rows(bridge, small_sd15):
         assert torch.count_nonzero(up[mask]) > 0, name
 
 
-def test_non_finite_loss_stops_with_the_step_and_leaves_the_model_untouched(bridge, small_sd15):
+def test_non_finite_loss_stops_with_the_step_and_leaves_the_model_untouched(door, small_sd15):
     prompts = random_prompts(seed=2)
     snapshot = unet_snapshot(small_sd15)
     samples = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
 
-    def poison(step, loss):
-        return loss * float("nan") if step == 2 else loss
+    poisoned = []  # set once step 2 has finished: from then on the model predicts NaN, as a diverging one would
+
+    def after_step(step, loss, check=None):
+        if step == 1:
+            poisoned.append(True)
 
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 of 10; the model is unchanged"):
-        with bridge.denoiser_session(small_sd15) as denoiser:
+        with door.session.denoiser_session(small_sd15) as denoiser:
             forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
             saliency = compute_saliency(denoiser, forget, None, SaliencyConfig(draws=1), seed=0)
             timesteps = select_timesteps(denoiser, forget, prompts.surrogate,
                                          TimestepConfig(bins=2, draws_per_bin=1), 0)
-            train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, forget,
-                          TrainConfig(steps=10), seed=0, loss_hook=poison)
+
+            def predict_noise(x_t, sigma, cond):
+                eps = denoiser.predict_noise(x_t, sigma, cond)
+                return eps * float("nan") if poisoned else eps
+
+            diverging = dataclasses.replace(denoiser, predict_noise=predict_noise)
+            train_adapter(diverging, saliency, timesteps, forget, prompts.surrogate, forget,
+                          TrainConfig(steps=10), seed=0, on_step=after_step)
     assert_bit_identical(small_sd15, snapshot)
 
 
-def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(bridge, small_sd15, erasure):
+def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(door, small_sd15, erasure):
     prompts, forget, retain, saliency, _, _ = erasure
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
-        assert denoiser.blocks, "the bridge must name the UNet's blocks"
+        assert denoiser.blocks, "the ComfyUI session must name the UNet's blocks"
         # The last block lies after the adapted layers, so backward reaches it (blocks before them need none).
         inner = next(m for m in denoiser.blocks[-1].modules() if isinstance(m, torch.nn.Conv2d))
         runs = {}
@@ -204,11 +215,11 @@ def test_gradient_checkpointing_recomputes_blocks_and_trains_the_same_adapter(br
     assert not any(hasattr(block, "__dict__") and "forward" in block.__dict__ for block in denoiser.blocks)
 
 
-def test_teacher_targets_batched_over_steps_train_the_same_adapter(bridge, small_sd15, erasure):
+def test_teacher_targets_batched_over_steps_train_the_same_adapter(door, small_sd15, erasure):
     """Several steps' frozen-model targets in one pass (the CPU default) must be a speed-up only: the same draws,
     the same losses and the same adapter as one pass per step, across erasure checks (where a pass must end)."""
     prompts, forget, retain, saliency, _, _ = erasure
-    with bridge.denoiser_session(small_sd15) as denoiser:
+    with door.session.denoiser_session(small_sd15) as denoiser:
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
         runs = {per_pass: train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
                                         TrainConfig(steps=11, learning_rate=1e-2, check_every=4,

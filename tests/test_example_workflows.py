@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from workflow_format import ui_to_api
 from workflows import shrink_for_cpu
+
+from devkit.workflow_format import ui_to_api
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 API_FILES = sorted((EXAMPLES / "api").glob("*.json"))
@@ -71,11 +72,11 @@ def test_compare_example_shows_without_and_with_side_by_side(comfy, sd15_checkpo
     assert info["concept"] == "Van Gogh style" and info["forget_prompts"][0] == "a village in Van Gogh style"
 
 
-def test_stack_example_removes_one_erasure_and_keeps_the_other(comfy, bridge, sd15_checkpoint, example_adapters):
+def test_stack_example_removes_one_erasure_and_keeps_the_other(comfy, door, sd15_checkpoint, example_adapters):
     run = _run_example(comfy, sd15_checkpoint, "stack_and_remove")
     assert run.success, run.error
     both, one_removed = run.outputs["5"][0][0], run.outputs["6"][0][0]
-    cat_only = bridge.apply_adapter(run.outputs["1"][0][0], run.outputs["3"][0][0], 1.0)
+    cat_only = door.patches.apply_adapter(run.outputs["1"][0][0], run.outputs["3"][0][0], 1.0)
     def entries(model):
         return sum(len(v) for v in model.patches.values())
     assert set(one_removed.patches) == set(cat_only.patches)

@@ -115,7 +115,7 @@ def test_user_latents_can_replace_self_generated_samples(comfy, sd15_checkpoint)
 
 def test_compact_sd1_checkpoint_loads_through_the_stock_loader(comfy):
     """The pack registers SD1-layout UNets narrower than 320 channels with ComfyUI's detection (the demo model)."""
-    import model_factory
+    from devkit import model_factory
     model_factory.build_sd15_checkpoint(comfy.folder("checkpoints") / "compact_sd1.safetensors", seed=3, channels=64)
     with torch.inference_mode():
         model, clip, vae = comfy.node("CheckpointLoaderSimple").load_checkpoint("compact_sd1.safetensors")[:3]

@@ -3,9 +3,9 @@ Apply then Remove gives back exactly the model before, upstream LoRAs included."
 
 import pytest
 import torch
-from erasure_helpers import predict, random_prompts
 from safetensors.torch import save_file
 
+from devkit.erasure import predict, random_prompts
 from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.lora import SparseLoRASet, adaptable_modules, kohya_name
@@ -16,13 +16,13 @@ from spare_core.trainer import train_adapter
 
 
 @pytest.fixture(scope="module")
-def trained(bridge, sd15):
+def trained(door, sd15):
     """A few training steps on the SD1.5-shaped checkpoint from the stock loader, with a large learning rate so
     the adapter is far from a no-op."""
     model = sd15[0]
     prompts = random_prompts(seed=5)
     samples = SampleConfig(samples_per_prompt=1, steps=2, width=64, height=64)
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
         saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=1, row_fraction=0.5), 0)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=2, draws_per_bin=1), 0)
@@ -37,13 +37,13 @@ def probe(forget, seed=7):
     return latents, torch.randn(latents.shape, generator=generator), torch.tensor([150, 700])
 
 
-def test_training_forward_apply_node_and_stock_loader_agree(comfy, bridge, sd15, trained):
+def test_training_forward_apply_node_and_stock_loader_agree(comfy, door, sd15, trained):
     model, clip, _ = sd15
     prompts, forget, adapter = trained
     latents, noise, indices = probe(forget)
 
     hooks = SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model, adapter.tensors)
-    with bridge.denoiser_session(model) as denoiser, torch.no_grad(), hooks.attached(denoiser.unet):
+    with door.session.denoiser_session(model) as denoiser, torch.no_grad(), hooks.attached(denoiser.unet):
         sigma = denoiser.sigmas[indices]
         training_forward = denoiser.predict_noise(latents + sigma.view(-1, 1, 1, 1) * noise, sigma,
                                                   prompts.forget.select(torch.zeros(2, dtype=torch.long)))
@@ -52,16 +52,16 @@ def test_training_forward_apply_node_and_stock_loader_agree(comfy, bridge, sd15,
     save_adapter(adapter, comfy.folder("loras") / "equivalence.safetensors", overwrite=True)
     stock, _ = comfy.node("LoraLoader").load_lora(model, clip, "equivalence.safetensors", 1.0, 0.0)
 
-    base = predict(bridge, model, latents, noise, indices, prompts.forget)
-    via_apply = predict(bridge, applied, latents, noise, indices, prompts.forget)
-    via_stock = predict(bridge, stock, latents, noise, indices, prompts.forget)
+    base = predict(door, model, latents, noise, indices, prompts.forget)
+    via_apply = predict(door, applied, latents, noise, indices, prompts.forget)
+    via_stock = predict(door, stock, latents, noise, indices, prompts.forget)
     assert (training_forward - base).abs().max() > 1e-2, \
         "the adapter must change the output for this test to mean anything"
     torch.testing.assert_close(via_apply, training_forward, atol=1e-4, rtol=0)
     torch.testing.assert_close(via_stock, training_forward, atol=1e-4, rtol=0)
 
 
-def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, bridge, sd15, trained):
+def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, door, sd15, trained):
     model = sd15[0]
     _, _, adapter = trained
     node = comfy.node("SpareApplyErasure")
@@ -75,7 +75,7 @@ def test_strength_scales_the_weight_update_and_zero_returns_the_input(comfy, bri
     path = next(iter(SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model, adapter.tensors).paths))
 
     def weight(patched):
-        with bridge.denoiser_session(patched) as denoiser:
+        with door.session.denoiser_session(patched) as denoiser:
             return denoiser.unet.get_submodule(path).weight.detach().clone()
 
     base = weight(model)
@@ -99,7 +99,7 @@ def upstream_lora(model, seed=11) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_apply_then_remove_is_bit_identical_and_keeps_upstream_loras(comfy, bridge, sd15, trained):
+def test_apply_then_remove_is_bit_identical_and_keeps_upstream_loras(comfy, door, sd15, trained):
     model, clip, _ = sd15
     prompts, forget, adapter = trained
     save_file(upstream_lora(model), str(comfy.folder("loras") / "upstream_style.safetensors"))
@@ -112,16 +112,16 @@ def test_apply_then_remove_is_bit_identical_and_keeps_upstream_loras(comfy, brid
         assert len(restored.patches[key]) == len(styled.patches[key])
         assert all(a is b for a, b in zip(restored.patches[key], styled.patches[key], strict=True))
     latents, noise, indices = probe(forget)
-    before = predict(bridge, styled, latents, noise, indices, prompts.forget)
-    after = predict(bridge, restored, latents, noise, indices, prompts.forget)
-    with_erasure = predict(bridge, erased, latents, noise, indices, prompts.forget)
-    plain = predict(bridge, model, latents, noise, indices, prompts.forget)
+    before = predict(door, styled, latents, noise, indices, prompts.forget)
+    after = predict(door, restored, latents, noise, indices, prompts.forget)
+    with_erasure = predict(door, erased, latents, noise, indices, prompts.forget)
+    plain = predict(door, model, latents, noise, indices, prompts.forget)
     assert torch.equal(before, after)
     assert not torch.equal(before, with_erasure)
     assert not torch.equal(before, plain), "the upstream LoRA must still be applied"
 
 
-def test_remove_recognises_an_adapter_loaded_from_file(comfy, bridge, sd15, trained):
+def test_remove_recognises_an_adapter_loaded_from_file(comfy, door, sd15, trained):
     model, clip, _ = sd15
     _, _, adapter = trained
     path = save_adapter(adapter, comfy.folder("loras") / "reloaded.safetensors", overwrite=True)

@@ -22,11 +22,11 @@ def progress_events(comfy):
 
 
 def test_progress_advances_every_step_to_the_total(comfy, sd15, progress_events):
-    from spare_core import pipeline
+    from spare_core.comfyui import jobs
     model, clip, _ = sd15
     snapshot = unet_snapshot(model)
     with torch.inference_mode():  # as inside ComfyUI's executor
-        trained = pipeline.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=3), seed=0)
+        trained = jobs.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=3), seed=0)
     values = [value for value, _ in progress_events]
     total = progress_events[-1][1]
     assert values == list(range(1, total + 1))
@@ -38,20 +38,22 @@ def test_progress_advances_every_step_to_the_total(comfy, sd15, progress_events)
 
 def test_cancel_stops_training_and_leaves_the_model_untouched(comfy, sd15, progress_events):
     import comfy.model_management
+    import comfy.utils
 
-    from spare_core import pipeline
+    from spare_core.comfyui import jobs
     model, clip, _ = sd15
     snapshot = unet_snapshot(model)
+    before_training = 4 + 4 + 10  # generation, saliency, timestep steps on the bar (see the test above)
 
-    def cancel_at_fifth_step(step, loss):
-        if step == 4:
+    def press_cancel_at_fifth_training_step(value, total, *rest, **named):
+        progress_events.append((value, total))
+        if value == before_training + 5:
             comfy.model_management.interrupt_current_processing(True)
-        return loss
 
+    comfy.utils.set_progress_bar_global_hook(press_cancel_at_fifth_training_step)
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         with torch.inference_mode():
-            pipeline.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=50), seed=0,
-                                     loss_hook=cancel_at_fifth_step)
+            jobs.train_for_model(model, clip, PROMPTS, SAMPLES, TrainConfig(steps=50), seed=0)
     comfy.model_management.interrupt_current_processing(False)
     assert progress_events[-1][0] < progress_events[-1][1], "training must stop before the last step"
     assert_bit_identical(model, snapshot)

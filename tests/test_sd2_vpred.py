@@ -1,9 +1,9 @@
 """SD2.x v-prediction: the same ε-space distillation trains through ComfyUI's v-prediction sampling."""
 
 import torch
-from erasure_helpers import predict, random_prompts
-from model_factory import small_sd2_vpred_model
 
+from devkit.erasure import predict, random_prompts
+from devkit.model_factory import small_sd2_vpred_model
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency
@@ -12,24 +12,24 @@ from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
 
 
-def test_sd2_v_prediction_erasure(comfy, bridge):
+def test_sd2_v_prediction_erasure(comfy, door):
     import comfy.model_sampling
     model = small_sd2_vpred_model()
-    assert bridge.model_family(model) == "sd2"
+    assert door.models.model_family(model) == "sd2"
     assert isinstance(model.model.model_sampling, comfy.model_sampling.V_PREDICTION)
     prompts = random_prompts(context_dim=1024, seed=3)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed=1)
         saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=2), seed=0)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
                                TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0), seed=0)
-    erased = bridge.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
+    erased = door.patches.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
     noise = torch.randn(forget.latents.shape, generator=torch.Generator().manual_seed(4))
     indices = torch.tensor([600, 900])
-    target = predict(bridge, model, forget.latents, noise, indices, prompts.surrogate)
-    before = predict(bridge, model, forget.latents, noise, indices, prompts.forget)
-    after = predict(bridge, erased, forget.latents, noise, indices, prompts.forget)
+    target = predict(door, model, forget.latents, noise, indices, prompts.surrogate)
+    before = predict(door, model, forget.latents, noise, indices, prompts.forget)
+    after = predict(door, erased, forget.latents, noise, indices, prompts.forget)
     assert (after - target).norm() < 0.8 * (before - target).norm()

@@ -2,8 +2,8 @@
 
 import torch
 from conftest import assert_bit_identical, unet_snapshot
-from erasure_helpers import predict
 
+from devkit.erasure import predict
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency
@@ -12,20 +12,20 @@ from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
 
 
-def sdxl_conditioning(bridge, model, seed):
+def sdxl_conditioning(door, model, seed):
     generator = torch.Generator().manual_seed(seed)
     context = torch.randn(1, 77, 2048, generator=generator)
     pooled = torch.randn(1, 1280, generator=generator)
-    return bridge.conditioning_from_tensors(model, context, pooled, width=1024, height=1024)
+    return door.models.conditioning_from_tensors(model, context, pooled, width=1024, height=1024)
 
 
-def test_sdxl_erasure_end_to_end(bridge, small_sdxl):
-    assert bridge.model_family(small_sdxl) == "sdxl"
-    forget, surrogate, retain, uncond = (sdxl_conditioning(bridge, small_sdxl, seed) for seed in range(4))
+def test_sdxl_erasure_end_to_end(door, small_sdxl):
+    assert door.models.model_family(small_sdxl) == "sdxl"
+    forget, surrogate, retain, uncond = (sdxl_conditioning(door, small_sdxl, seed) for seed in range(4))
     assert forget.y.shape == (1, 2816), "SDXL's ADM vector: pooled 1280 + 6 size embeddings of 256"
     snapshot = unet_snapshot(small_sdxl)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
-    with bridge.denoiser_session(small_sdxl) as denoiser:
+    with door.session.denoiser_session(small_sdxl) as denoiser:
         forget_samples = generate_samples(denoiser, forget, uncond, samples, seed=0)
         retain_samples = generate_samples(denoiser, retain, uncond, samples, seed=1)
         saliency = compute_saliency(denoiser, forget_samples, retain, SaliencyConfig(draws=2), seed=0)
@@ -36,11 +36,11 @@ def test_sdxl_erasure_end_to_end(bridge, small_sdxl):
     assert_bit_identical(small_sdxl, snapshot)
 
     adapter = ErasureAdapter(result.state_dict, {"base_model": "sdxl"})
-    erased = bridge.apply_adapter(small_sdxl, adapter, 1.0)
+    erased = door.patches.apply_adapter(small_sdxl, adapter, 1.0)
     generator = torch.Generator().manual_seed(9)
     noise = torch.randn(forget_samples.latents.shape, generator=generator)
     indices = torch.tensor([800, 900])
-    base = predict(bridge, small_sdxl, forget_samples.latents, noise, indices, forget)
-    target = predict(bridge, small_sdxl, forget_samples.latents, noise, indices, surrogate)
-    after = predict(bridge, erased, forget_samples.latents, noise, indices, forget)
+    base = predict(door, small_sdxl, forget_samples.latents, noise, indices, forget)
+    target = predict(door, small_sdxl, forget_samples.latents, noise, indices, surrogate)
+    after = predict(door, erased, forget_samples.latents, noise, indices, forget)
     assert (after - target).norm() < (base - target).norm()

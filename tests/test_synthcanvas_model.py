@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from synthcanvas import benchmark, demo_model, evaluation
+from benchmarks import unlearncanvas
+from synthcanvas import demo_model, evaluation
 from synthcanvas.generation import generate
 from synthcanvas.render import OBJECTS, STYLES
 
@@ -135,10 +136,10 @@ def test_example_workflow_erases_neon(comfy, synthcanvas_checkpoint):
 def test_benchmark_smoke(comfy, synthcanvas_checkpoint, tmp_path):
     """The benchmark's whole path on one concept: SPARE at the node defaults, UCE, ESD-x (2 iterations), the
     strength dial, the grid. Erasure itself at the defaults is asserted in test_train_node_defaults_erase_…"""
-    settings = benchmark.Settings(forget_seeds=1, paraphrase_seeds=1, esd_iterations=2,
-                                  sampler=benchmark.SamplerSettings(steps=12))
-    concepts = benchmark.parse_concepts("style:neon")
-    results = benchmark.run(comfy, synthcanvas_checkpoint, concepts, ["spare", "uce", "esd_x"], settings, tmp_path,
+    settings = unlearncanvas.Settings(forget_seeds=1, paraphrase_seeds=1, esd_iterations=2,
+                                  sampler=unlearncanvas.SamplerSettings(steps=12))
+    concepts = unlearncanvas.parse_concepts("style:neon")
+    results = unlearncanvas.run(comfy, synthcanvas_checkpoint, concepts, ["spare", "uce", "esd_x"], settings, tmp_path,
                             report=lambda line: None, dial_concepts={"style:neon"})
     spare, base = results["per_concept"]["spare"]["style:neon"], results["base"]["style:neon"]
     assert spare["UA"] >= base["UA"] + 0.5, (spare, base)
@@ -151,7 +152,7 @@ def test_benchmark_smoke(comfy, synthcanvas_checkpoint, tmp_path):
     assert set(summary["uce"]) >= {"UA", "IRA", "CRA", "paraphrase_UA", "seconds_per_erasure", "peak_memory_mb",
                                    "adapter_mb", "concepts"}
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["style_neon.png"]
-    table = benchmark.markdown(results)
+    table = unlearncanvas.markdown(results)
     assert "| spare |" in table and "strength 1.5" in table
 
 
@@ -159,23 +160,23 @@ def test_baseline_edits_start_from_the_base_weights_after_an_erased_model_sample
     """Clones share one UNet and ComfyUI leaves the last sampled clone's patches in it. The benchmark's UCE and
     weight-difference patches must still be computed from the unerased weights (they were not, once: UCE's figures
     then carried part of the SPARE erasure sampled just before)."""
-    from spare_core.baselines import text_projections
+    from benchmarks.baselines import text_projections
     with torch.inference_mode():
         model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(synthcanvas_checkpoint)
     name, layer = next(iter(text_projections(model.model.diffusion_model).items()))
     base = layer.weight.detach().clone()
-    erased = benchmark._weight_patched(model, {name: base + 0.5})
+    erased = unlearncanvas._weight_patched(model, {name: base + 0.5})
     generate(comfy.nodes, erased, clip, vae, ["a star in neon style"], seed=0,
-             settings=benchmark.SamplerSettings(steps=1))
-    assert torch.equal(benchmark._base_unet(model).get_submodule(name).weight, base)
-    again = benchmark._weight_patched(model, {name: base + 0.5})
+             settings=unlearncanvas.SamplerSettings(steps=1))
+    assert torch.equal(unlearncanvas._base_unet(model).get_submodule(name).weight, base)
+    again = unlearncanvas._weight_patched(model, {name: base + 0.5})
     (delta,) = again.patches[f"diffusion_model.{name}.weight"][0][1]
     torch.testing.assert_close(delta, torch.full_like(base, 0.5))
 
 
 def test_concept_names_are_checked():
     with pytest.raises(ValueError, match="unknown concept 'style:glitter'"):
-        benchmark.parse_concepts("style:glitter")
+        unlearncanvas.parse_concepts("style:glitter")
 
 
 def test_subset_rows_compare_spare_on_the_concepts_a_method_ran_on():
@@ -185,7 +186,7 @@ def test_subset_rows_compare_spare_on_the_concepts_a_method_ran_on():
     spare = {"style:neon": row(0.5), "object:star": row(1.0), "style:pastel": row(0.0)}
     results = {"per_concept": {"spare": spare, "esd_x": {"style:neon": row(1.0)}, "spare_no_retain": {}}}
     only = {"esd_x": {"style:neon"}, "spare_no_retain": {"style:neon", "object:star"}}  # no_retain did not run
-    rows = benchmark.spare_on_subsets(results, only)
+    rows = unlearncanvas.spare_on_subsets(results, only)
     assert list(rows) == ["spare on the 1 concept of esd_x"]
     assert rows["spare on the 1 concept of esd_x"]["UA"] == 0.5
 
@@ -194,10 +195,10 @@ def test_subset_rows_compare_spare_on_the_concepts_a_method_ran_on():
 def test_train_node_defaults_erase_a_typed_phrase(comfy, synthcanvas_checkpoint, label):
     """A user's run: the concept typed as a phrase, every other input of Train SPARE Adapter at its default, through
     ComfyUI's executor; judged on held-out sampler seeds through the stock KSampler and the shipped classifier."""
-    concept = benchmark.parse_concepts(label)[0]
-    forget, surrogate, retain = benchmark.user_phrases(concept)
+    concept = unlearncanvas.parse_concepts(label)[0]
+    forget, surrogate, retain = unlearncanvas.user_phrases(concept)
     train = comfy.nodes.NODE_CLASS_MAPPINGS["SpareTrainAdapter"]
-    inputs = {**benchmark.node_defaults(train), "model": ["1", 0], "clip": ["1", 1], "forget_prompts": forget,
+    inputs = {**unlearncanvas.node_defaults(train), "model": ["1", 0], "clip": ["1", 1], "forget_prompts": forget,
               "surrogate_prompt": surrogate, "retain_prompts": retain}
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": synthcanvas_checkpoint}},
               "2": {"class_type": "SpareTrainAdapter", "inputs": inputs},
@@ -206,10 +207,10 @@ def test_train_node_defaults_erase_a_typed_phrase(comfy, synthcanvas_checkpoint,
     assert run.success, run.error
     base, clip, vae = (run.outputs["1"][slot][0] for slot in range(3))
     erased = run.outputs["2"][1][0]
-    evals = benchmark.eval_set(concept, forget_seeds=2, paraphrase_seeds=1)
-    seed = benchmark.EVAL_SEED + 101  # held out: neither training's seeds nor the recipe's dev seeds
-    before = benchmark.score(concept, evals, generate(comfy.nodes, base, clip, vae, evals.prompts, seed))
-    after = benchmark.score(concept, evals, generate(comfy.nodes, erased, clip, vae, evals.prompts, seed))
+    evals = unlearncanvas.eval_set(concept, forget_seeds=2, paraphrase_seeds=1)
+    seed = unlearncanvas.EVAL_SEED + 101  # held out: neither training's seeds nor the recipe's dev seeds
+    before = unlearncanvas.score(concept, evals, generate(comfy.nodes, base, clip, vae, evals.prompts, seed))
+    after = unlearncanvas.score(concept, evals, generate(comfy.nodes, erased, clip, vae, evals.prompts, seed))
     assert before["UA"] <= 0.1, before  # the unerased model draws the concept
     assert after["UA"] >= 0.9, after
     assert after["IRA"] >= 0.9 and after["CRA"] >= 0.9, after

@@ -24,9 +24,9 @@ def random_prompts(context_dim: int = 768, seed: int = 0) -> Prompts:
 
 
 @torch.no_grad()
-def predict(bridge, model, latents, noise, indices, cond: Conditioning) -> torch.Tensor:
+def predict(door, model, latents, noise, indices, cond: Conditioning) -> torch.Tensor:
     """The MODEL's noise prediction (through ComfyUI's own apply_model) at fixed x_0, noise and timesteps."""
-    with bridge.denoiser_session(model) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         sigma = denoiser.sigmas[indices]
         x_t = latents + sigma.view(-1, 1, 1, 1) * noise
         return denoiser.predict_noise(x_t, sigma, cond.select(torch.zeros(len(indices), dtype=torch.long)))

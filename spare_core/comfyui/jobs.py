@@ -12,15 +12,16 @@ from typing import Optional
 
 import torch
 
-from . import charts, comfy_bridge
-from .adapter import ErasureAdapter, build_metadata
-from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from .denoiser import Conditioning, Denoiser
-from .prompts import ErasurePrompts
-from .saliency import SaliencyMap, block_of, compute_saliency, every_module
-from .samples import ConceptSamples, generate_samples
-from .timesteps import TimestepDistribution, select_timesteps
-from .trainer import TrainResult, train_adapter
+from .. import charts
+from ..adapter import ErasureAdapter, build_metadata
+from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from ..denoiser import Conditioning, Denoiser
+from ..prompts import ErasurePrompts
+from ..saliency import SaliencyMap, block_of, compute_saliency, every_module
+from ..samples import ConceptSamples, generate_samples
+from ..timesteps import TimestepDistribution, select_timesteps
+from ..trainer import TrainResult, train_adapter
+from . import models, patches, progress, session
 
 # Frozen (immutable) configs: safe to share as argument defaults.
 _DEFAULT_SALIENCY = SaliencyConfig()
@@ -37,7 +38,7 @@ class _Encoded:
 
 def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> _Encoded:
     def encode(texts, name):
-        return comfy_bridge.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
+        return models.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
     return _Encoded(
         forget=encode(prompts.forget, "forget_prompts"),
         surrogate=encode(prompts.surrogates, "surrogate_prompt"),
@@ -61,8 +62,8 @@ def _generation_steps(samples: SampleConfig, with_retain: bool, forget_latents) 
 def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: SaliencyConfig,
                        seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
-    report = comfy_bridge.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws)
-    with comfy_bridge.denoiser_session(model) as denoiser:
+    report = progress.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws)
+    with session.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
         result = compute_saliency(denoiser, forget, encoded.retain, config, seed, report)
     return result, saliency_chart(result)
@@ -71,8 +72,8 @@ def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConf
 def timesteps_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TimestepConfig,
                         seed: int) -> tuple[TimestepDistribution, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
-    report = comfy_bridge.StepReporter(samples.steps + config.bins)
-    with comfy_bridge.denoiser_session(model) as denoiser:
+    report = progress.StepReporter(samples.steps + config.bins)
+    with session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
         result = select_timesteps(denoiser, forget, encoded.surrogate, config, seed, report)
     return result, timestep_chart(result)
@@ -88,17 +89,17 @@ class TrainedErasure:
 
 def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
                     saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
-                    forget_latents: Optional[torch.Tensor] = None, loss_hook=None,
+                    forget_latents: Optional[torch.Tensor] = None,
                     saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
                     timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS) -> TrainedErasure:
     """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``."""
-    family = comfy_bridge.model_family(model)
+    family = models.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
     total = (_generation_steps(samples, True, forget_latents) + config.steps
              + (saliency_config.draws if saliency is None else 0)
              + (timestep_config.bins if timesteps is None else 0))
-    report = comfy_bridge.StepReporter(total)
-    with comfy_bridge.denoiser_session(model) as denoiser:
+    report = progress.StepReporter(total)
+    with session.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
         retain = generate_samples(denoiser, encoded.retain, encoded.uncond, samples, seed + 1, report)
         if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
@@ -109,7 +110,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         if timesteps is None:
             timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
         result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
-                               report.training(config.steps), loss_hook)
+                               report.training(config.steps))
     check = result.final_check
     metadata = build_metadata(
         forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),
@@ -127,7 +128,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     adapter = ErasureAdapter(result.state_dict, metadata)
     title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
              f" · {result.steps_done} steps")
-    return TrainedErasure(adapter, comfy_bridge.apply_adapter(model, adapter, 1.0),
+    return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
                           charts.line_chart(list(result.losses), title), result)
 
 

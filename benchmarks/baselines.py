@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .denoiser import Conditioning, Denoiser
-from .samples import sampling_sigmas
+from spare_core.denoiser import Conditioning, Denoiser
+from spare_core.samples import euler_with_guidance, sampling_sigmas
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,7 @@ def train_esd_x(denoiser: Denoiser, concept: Conditioning, uncond: Conditioning,
         x = x * schedule[0]
         with torch.no_grad():
             with _weights(modules, _cast_like(trainable, modules)):  # x_t is drawn from the model being trained
-                for sigma, sigma_next in zip(schedule[:stop], schedule[1:stop + 1], strict=True):
-                    s = torch.full((2,), float(sigma), device=denoiser.device)
-                    eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), s, both).chunk(2)
-                    x = x + (eps_u + config.sampling_guidance * (eps_c - eps_u)) * float(sigma_next - sigma)
+                x = euler_with_guidance(denoiser, x, schedule[:stop + 1], both, config.sampling_guidance)
             sigma_t = torch.full((2,), float(schedule[stop]), device=denoiser.device)
             eps_c, eps_u = denoiser.predict_noise(torch.cat([x, x]), sigma_t, both).chunk(2)  # frozen originals
             target = eps_u - config.negative_guidance * (eps_c - eps_u)

