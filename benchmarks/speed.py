@@ -130,6 +130,22 @@ def conditionings(door, model, family, resolution):
     return {name: one() for name in ("forget", "surrogate", "retain", "uncond")}
 
 
+@contextmanager
+def inference_weights_restored(door, model):
+    """The MODEL's inference-mode weights put back after the sessions inside, as they were when ComfyUI loaded
+    them: a training session replaces them with plain copies for good, and the warm-up must not spare the first
+    timed session that cost."""
+    door.models.load_to_device(model)
+    unet = model.model.diffusion_model
+    saved = [(module, table, name, tensor) for module in unet.modules() for table in ("_parameters", "_buffers")
+             for name, tensor in getattr(module, table).items() if tensor is not None and tensor.is_inference()]
+    try:
+        yield
+    finally:
+        for module, table, name, tensor in saved:
+            getattr(module, table)[name] = tensor
+
+
 def warm_up(door, model, cond, settings) -> None:
     """One untimed sampling step and one forward+backward, so one-off start-up costs (kernel loading, library
     handles) are not billed to whichever method runs first. The inference weights stay as they are, so the
@@ -138,7 +154,7 @@ def warm_up(door, model, cond, settings) -> None:
     from spare_core.samples import generate_samples
     config = SampleConfig(samples_per_prompt=settings.batch_size, steps=1, width=settings.samples.width,
                           height=settings.samples.height)
-    with door.session.denoiser_session(model, keep_inference_originals=True) as denoiser:
+    with inference_weights_restored(door, model), door.session.denoiser_session(model) as denoiser:
         samples = generate_samples(denoiser, cond["forget"], cond["uncond"], config, seed=0)
         x = samples.latents.clone().requires_grad_(True)
         sigma = denoiser.sigmas[[500] * len(x)].to(denoiser.device)

@@ -39,49 +39,6 @@ def replaced(owner, **values):
             setattr(owner, name, value)
 
 
-def unbatched_passes(denoiser):
-    """Off: the surrogate and retain targets (and the two student terms) each get their own UNet call."""
-    from spare_core import trainer
-    batched = trainer._predict
-
-    def one_call_per_term(denoiser, x_t, sigma, conds):
-        outputs, start = [], 0
-        for cond in conds:
-            part = slice(start, start + len(cond))
-            outputs += batched(denoiser, x_t[part], sigma[part], [cond])
-            start += len(cond)
-        return outputs
-    return replaced(trainer, _predict=one_call_per_term)
-
-
-def teacher_with_autograd(denoiser):
-    """Off: the teacher pass runs with gradients enabled and its outputs kept until the step's backward."""
-    from spare_core import trainer
-    plain = trainer._predict
-    kept = []
-
-    def predict(denoiser, x_t, sigma, conds):
-        if torch.is_grad_enabled():
-            return plain(denoiser, x_t, sigma, conds)
-        kept.clear()
-        with torch.enable_grad():
-            outputs = plain(denoiser, x_t, sigma, conds)
-        kept.extend(outputs)
-        return [o.detach() for o in outputs]
-    return replaced(trainer, _predict=predict)
-
-
-def backward_to_input(denoiser):
-    """Off: backward runs through the whole UNet down to the noisy latents, not only to the earliest adapter."""
-    from spare_core import trainer
-    noisy = trainer._noisy
-
-    def noisy_with_grad(*args):
-        x_t, sigma = noisy(*args)
-        return x_t.requires_grad_(True), sigma
-    return replaced(trainer, _noisy=noisy_with_grad)
-
-
 def plain_attention(denoiser):
     """Off: ComfyUI's attention_basic (softmax(QKᵀ)V materialised) instead of the fused kernel it picked."""
     import comfy.ldm.modules.attention as attention
@@ -110,12 +67,6 @@ def compiled_unet(denoiser):
         del unet.forward
 
 
-def lora_in_float32(denoiser):
-    """Off: adapter updates computed in float32 (the model's activations cast up at every adapted layer)."""
-    from spare_core.lora import SparseLoRA
-    return replaced(SparseLoRA, compute_in_input_dtype=False)
-
-
 def adamw_foreach(denoiser):
     """Off: AdamW's multi-tensor (foreach) kernels, PyTorch's default and SPARE's before, instead of fused."""
     adamw = torch.optim.AdamW
@@ -125,23 +76,20 @@ def adamw_foreach(denoiser):
     return replaced(torch.optim, AdamW=unfused)
 
 
-# name: (what changes, context manager, keep_inference_originals, TrainConfig changes)
+# The levers that can be changed from outside the pack: a TrainConfig field, ComfyUI's attention, the UNet's
+# memory layout or compilation, the optimizer's kernels. The ones measured by changing the pack's own internals
+# (weights kept twice, unbatched or autograd teacher passes, backward to the input, adapter updates in float32)
+# were retired with those internals; their figures stay in docs/benchmarks.md with the commit that measured them.
+# name: (what changes, context manager, TrainConfig changes)
 SESSION_LEVERS = {
-    "default": ("everything at its default", contextlib.nullcontext, False),
-    "weights_duplicated": ("inference weights copied for autograd and the originals kept (before this change)",
-                           contextlib.nullcontext, True),
-    "unbatched_passes": ("teacher targets and student terms in separate UNet calls", unbatched_passes, False),
-    "teacher_with_autograd": ("teacher pass with autograd on, outputs kept until backward",
-                              teacher_with_autograd, False),
-    "backward_to_input": ("backward through the whole UNet to the input", backward_to_input, False),
-    "plain_attention": ("attention_basic instead of the fused attention ComfyUI picked", plain_attention, False),
+    "default": ("everything at its default", contextlib.nullcontext),
+    "plain_attention": ("attention_basic instead of the fused attention ComfyUI picked", plain_attention),
     "gradient_checkpointing": ("TrainConfig.gradient_checkpointing: every ResBlock / SpatialTransformer recomputed",
-                               contextlib.nullcontext, False, {"gradient_checkpointing": True}),
-    "channels_last": ("UNet in channels-last memory format", channels_last, False),
-    "torch_compile": ("torch.compile on the UNet forward", compiled_unet, False),
-    "lora_in_float32": ("adapter updates computed in float32 (the default before this change)", lora_in_float32, False),
+                               contextlib.nullcontext, {"gradient_checkpointing": True}),
+    "channels_last": ("UNet in channels-last memory format", channels_last),
+    "torch_compile": ("torch.compile on the UNet forward", compiled_unet),
     "adamw_foreach": ("AdamW's foreach kernels (PyTorch's default, SPARE's before) instead of fused",
-                      adamw_foreach, False),
+                      adamw_foreach),
 }
 
 
@@ -166,13 +114,12 @@ def profile_steps(door, model, cond, prepared, settings, rows: int = 30) -> str:
 # ---------------------------------------------------------------- measuring
 
 def prepare(door, model, cond, settings):
-    """Samples, saliency and timesteps once per model, with everything at its default (and the inference
-    weights left in place, so the 'weights_duplicated' run still finds them)."""
+    """Samples, saliency and timesteps once per model, with everything at its default."""
     from spare_core.config import SaliencyConfig, TimestepConfig
     from spare_core.saliency import compute_saliency
     from spare_core.samples import generate_samples
     from spare_core.timesteps import select_timesteps
-    with door.session.denoiser_session(model, keep_inference_originals=True) as denoiser:
+    with door.session.denoiser_session(model) as denoiser:
         forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
         retain = generate_samples(denoiser, cond["retain"], cond["uncond"], settings.samples, seed=1)
         saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(), seed=0)
@@ -183,7 +130,7 @@ def prepare(door, model, cond, settings):
 def training_steps(door, model, cond, prepared, settings, lever: str) -> dict:
     from spare_core.config import TrainConfig
     from spare_core.trainer import train_adapter
-    _, change, keep_originals, *config_changes = SESSION_LEVERS[lever]
+    _, change, *config_changes = SESSION_LEVERS[lever]
     forget, retain, saliency, timesteps = prepared
     config = TrainConfig(steps=settings.warmup + settings.steps, batch_size=settings.batch_size,
                          **(config_changes[0] if config_changes else {}))
@@ -194,7 +141,7 @@ def training_steps(door, model, cond, prepared, settings, lever: str) -> dict:
         stamps.append(time.perf_counter())
     speed.reset_memory()
     start = time.perf_counter()
-    with door.session.denoiser_session(model, keep_inference_originals=keep_originals) as denoiser, change(denoiser):
+    with door.session.denoiser_session(model) as denoiser, change(denoiser):
         train_adapter(denoiser, saliency, timesteps, forget, cond["surrogate"], retain, config, seed=0, on_step=stamp)
     warm = stamps[settings.warmup - 1]
     return {"seconds_per_step": round((stamps[-1] - warm) / settings.steps, 4),
@@ -269,8 +216,7 @@ def main(argv=None) -> int:
         if family in args.profile_models.split(","):
             print(profile_steps(door, model, cond, prepared, settings), flush=True)
         levers = args.levers.split(",")
-        # weights_duplicated must run while the weights are still inference tensors, so before any other session.
-        for lever in sorted(levers, key=lambda name: name != "weights_duplicated"):
+        for lever in levers:
             record(lever, training_steps(door, model, cond, prepared, settings, lever))
         record("default_again", training_steps(door, model, cond, prepared, settings, "default"))
         for steps in (8, 50):

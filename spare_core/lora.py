@@ -48,11 +48,9 @@ class SparseLoRA(nn.Module):
     Parameters are float32 whatever the base model's dtype. On a float16 / bfloat16 model the update is
     computed in that dtype from casts of the float32 parameters (gradients still reach them in float32):
     casting every adapted layer's input up to float32 instead takes about a fifth more training memory (measured
-    on SD1.5 and SDXL) and buys no precision, since the update is added to a float16 / bfloat16 output anyway.
-    ``compute_in_input_dtype = False`` computes it in float32 (kept to measure that choice).
+    on SD1.5 and SDXL, docs/benchmarks.md) and buys no precision, since the update is added to a float16 /
+    bfloat16 output anyway.
     """
-
-    compute_in_input_dtype = True
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, row_mask: Optional[torch.Tensor],
                  generator: torch.Generator):
@@ -92,7 +90,7 @@ class SparseLoRA(nn.Module):
 
     def unscaled_delta(self, x: torch.Tensor) -> torch.Tensor:
         """up(down(x)) before the alpha / rank scale, in x's dtype if half precision (see the class), else float32."""
-        if self.compute_in_input_dtype and x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype in (torch.float16, torch.bfloat16):
             down, up = self.down.to(x.dtype), self.masked_up().to(x.dtype)
         else:
             x, down, up = x.float(), self.down, self.masked_up()

@@ -31,10 +31,10 @@ def test_speed_benchmark_smoke(tmp_path):
 def test_speed_levers_smoke(tmp_path):
     out = tmp_path / "levers.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_levers.py"), "--size", "reduced",
-                    "--models", "sd15", "--levers", "default,gradient_checkpointing,lora_in_float32",
+                    "--models", "sd15", "--levers", "default,gradient_checkpointing,adamw_foreach",
                     "--dtypes", "bf16", "--steps", "1", "--warmup", "1", "--json", str(out)],
                    check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
     rows = json.loads(out.read_text())["sd15"]
-    for name in ("default", "gradient_checkpointing", "lora_in_float32", "default_again", "dtype_bf16"):
+    for name in ("default", "gradient_checkpointing", "adamw_foreach", "default_again", "dtype_bf16"):
         assert rows[name]["seconds_per_step"] > 0 and rows[name]["peak_memory_gb"] > 0, name
     assert [rows[f"samples_{n}_steps"]["sampling_steps"] for n in (8, 50)] == [8, 50]

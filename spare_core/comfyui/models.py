@@ -23,7 +23,7 @@ def model_family(model) -> str:
     if base is None or unet is None:
         raise ValueError(f"model input is not a ComfyUI diffusion MODEL (got {type(model).__name__})")
     in_channels = getattr(unet, "in_channels", None)
-    latent_channels = _latent_channels(base)
+    latent_channels = latent_channel_count(base)
     if in_channels != latent_channels:
         raise ValueError(f"model input is an inpainting or concat-conditioned model ({in_channels} input channels); "
                          f"SPARE can train {SUPPORTED_MODELS} text-to-image models")
@@ -52,12 +52,14 @@ def native_resolution(model) -> int:
     return 512
 
 
-def _latent_channels(base) -> int:
+def latent_channel_count(base) -> int:
+    """Channels of the model's latent space (4 for SD1.x/2.x/SDXL)."""
     # The 2024 latent formats do not declare their channel count; all of its SD families use 4.
     return getattr(base.latent_format, "latent_channels", 4)
 
 
-def _model_sampling(model):
+def model_sampling(model):
+    """The MODEL's noise schedule object, as patched on the ModelPatcher where the version supports it."""
     getter = getattr(model, "get_model_object", None)
     if getter is not None:
         try:
@@ -67,7 +69,8 @@ def _model_sampling(model):
     return model.model.model_sampling
 
 
-def _load_to_device(model) -> None:
+def load_to_device(model) -> None:
+    """Load the MODEL fully where ComfyUI puts it (no-op when it is already there)."""
     kwargs = {}
     if "force_full_load" in inspect.signature(comfy.model_management.load_models_gpu).parameters:
         kwargs["force_full_load"] = True  # training needs every weight resident; partial loads cast per call

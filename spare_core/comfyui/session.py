@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..denoiser import Conditioning, Denoiser
-from .models import _latent_channels, _load_to_device, _model_sampling, model_family
+from .models import latent_channel_count, load_to_device, model_family, model_sampling
 
 
 def guard_in_place_residuals(unet: nn.Module) -> list:
@@ -27,7 +27,7 @@ def guard_in_place_residuals(unet: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def _trainable(unet: nn.Module, keep_inference_originals: bool = False) -> Iterator[None]:
+def _trainable(unet: nn.Module) -> Iterator[None]:
     """Make the shared UNet usable under autograd for the duration.
 
     Inside ComfyUI's executor nodes run under inference_mode and weights loaded there are inference
@@ -35,10 +35,8 @@ def _trainable(unet: nn.Module, keep_inference_originals: bool = False) -> Itera
     By default that copy stays in the model afterwards and the inference original is released, so the
     weights are never held twice (a full-size SDXL UNet is 5 GB in float16): the model computes exactly
     what it did, and ComfyUI patches, offloads and samples plain tensors like inference ones.
-    ``keep_inference_originals`` puts the originals back instead (costs one more copy of every weight
-    while training). In-place residuals are guarded (``guard_in_place_residuals``).
+    In-place residuals are guarded (``guard_in_place_residuals``).
     """
-    swapped = []
     flags = []
     hooks = []
     try:
@@ -47,27 +45,18 @@ def _trainable(unet: nn.Module, keep_inference_originals: bool = False) -> Itera
                 if param is None:
                     continue
                 if param.is_inference():
-                    if keep_inference_originals:
-                        swapped.append((module, name, param))
                     module._parameters[name] = nn.Parameter(param.detach().clone(), requires_grad=False)
                 else:
                     flags.append((param, param.requires_grad))
                     param.requires_grad_(False)
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.is_inference():
-                    if keep_inference_originals:
-                        swapped.append((module, name, buffer))
                     module._buffers[name] = buffer.clone()
         hooks = guard_in_place_residuals(unet)
         yield
     finally:
         for handle in hooks:
             handle.remove()
-        for module, name, original in swapped:
-            if name in module._parameters:
-                module._parameters[name] = original
-            else:
-                module._buffers[name] = original
         for param, flag in flags:
             param.requires_grad_(flag)
 
@@ -80,13 +69,12 @@ def _checkpoint_blocks(unet: nn.Module) -> tuple:
 
 
 @contextlib.contextmanager
-def denoiser_session(model, keep_inference_originals: bool = False) -> Iterator[Denoiser]:
-    """Load the MODEL where ComfyUI puts it and expose it as a Denoiser with gradients enabled
-    (``keep_inference_originals``: see ``_trainable``; only benchmarks measuring its cost set it)."""
+def denoiser_session(model) -> Iterator[Denoiser]:
+    """Load the MODEL where ComfyUI puts it and expose it as a Denoiser with gradients enabled."""
     family = model_family(model)
-    _load_to_device(model)
+    load_to_device(model)
     base = model.model
-    sampling = _model_sampling(model)
+    sampling = model_sampling(model)
     device = model.load_device
 
     def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -95,12 +83,12 @@ def denoiser_session(model, keep_inference_originals: bool = False) -> Iterator[
         return (x_t - denoised.float()) / sigma.view(-1, 1, 1, 1)
 
     with torch.inference_mode(False), torch.enable_grad(), \
-            _trainable(base.diffusion_model, keep_inference_originals):
+            _trainable(base.diffusion_model):
         yield Denoiser(
             unet=base.diffusion_model,
             predict_noise=predict_noise,
             sigmas=sampling.sigmas.detach().float().cpu().clone(),
-            latent_channels=_latent_channels(base),
+            latent_channels=latent_channel_count(base),
             device=torch.device(device),
             dtype=torch.float32,
             family=family,
