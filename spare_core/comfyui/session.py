@@ -32,7 +32,7 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
 
     Inside ComfyUI's executor nodes run under inference_mode and weights loaded there are inference
     tensors, which autograd cannot save. Each one is replaced by a plain tensor holding the same values.
-    By default that copy stays in the model afterwards and the inference original is released, so the
+    That copy stays in the model afterwards and the inference original is released, so the
     weights are never held twice (a full-size SDXL UNet is 5 GB in float16): the model computes exactly
     what it did, and ComfyUI patches, offloads and samples plain tensors like inference ones.
     In-place residuals are guarded (``guard_in_place_residuals``).
