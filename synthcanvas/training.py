@@ -96,6 +96,19 @@ def _random_crops(images: np.ndarray, batch: int, crop: int, generator, device) 
     return _as_float(window, device).contiguous(memory_format=torch.channels_last)
 
 
+def _optimise(stage: str, steps: int, optimizer, schedule, loss_on_a_batch, report) -> None:
+    """The autoencoder stages' loop: one optimiser step per fresh batch, a log line every 100 steps."""
+    started = time.perf_counter()
+    for step in range(steps):
+        loss = loss_on_a_batch()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            report(f"{stage} step {step + 1}/{steps}: loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)")
+
+
 def train_vae(images: np.ndarray, plan: TrainingPlan, device, report=log.info):
     """TAESD (ComfyUI's class) as a plain autoencoder on [0, 1] images. Noise on the latents during training
     keeps the decoder forgiving of the small errors a sampler leaves; a light penalty keeps latents inside the
@@ -111,20 +124,16 @@ def train_vae(images: np.ndarray, plan: TrainingPlan, device, report=log.info):
     generator = torch.Generator().manual_seed(plan.seed + 1)
     vae.to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    for step in range(plan.vae_steps):
+
+    def loss_on_a_batch():
         x = _random_crops(images, plan.vae_batch, plan.vae_crop, generator, device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             latents = vae.taesd_encoder(x)
             noisy = latents + 0.1 * torch.randn_like(latents)
             decoded = vae.taesd_decoder(noisy).float()
-        loss = F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x) + 1e-4 * latents.float().square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == plan.vae_steps - 1:
-            report(f"vae step {step + 1}/{plan.vae_steps}: loss {loss.item():.4f} "
-                   f"({time.perf_counter() - started:.0f} s)")
+        return F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x) + 1e-4 * latents.float().square().mean()
+
+    _optimise("vae", plan.vae_steps, optimizer, schedule, loss_on_a_batch, report)
     vae.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         sample = _as_float(images[: 4096], device)
@@ -145,21 +154,17 @@ def finetune_decoder(vae, images: np.ndarray, plan: TrainingPlan, device, report
     schedule = _warmup_cosine(optimizer, plan.decoder_steps, warmup=min(100, plan.decoder_steps // 10 + 1), floor=0.02)
     generator = torch.Generator().manual_seed(plan.seed + 5)
     started = time.perf_counter()
-    for step in range(plan.decoder_steps):
+
+    def loss_on_a_batch():
         x = _random_crops(images, plan.vae_batch, plan.decoder_crop, generator, device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             with torch.no_grad():
                 latents = vae.taesd_encoder(x)
             noisy = latents + 0.1 * torch.randn(latents.shape, generator=generator).to(latents)
             decoded = vae.taesd_decoder(noisy).float()
-        loss = F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 100 == 0 or step == plan.decoder_steps - 1:
-            report(f"decoder step {step + 1}/{plan.decoder_steps}: loss {loss.item():.4f} "
-                   f"({time.perf_counter() - started:.0f} s)")
+        return F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x)
+
+    _optimise("decoder", plan.decoder_steps, optimizer, schedule, loss_on_a_batch, report)
     vae.taesd_encoder.requires_grad_(True)
     vae.eval().to(memory_format=torch.contiguous_format)
     return time.perf_counter() - started
