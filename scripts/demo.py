@@ -26,35 +26,6 @@ WORKFLOW = REPO / "example_workflows" / "api" / "synthcanvas_erase_style.json"
 CONCEPT = unlearncanvas.Concept("style", "neon")
 
 
-def show_progress_in_terminal(prompt: dict) -> None:
-    """ComfyUI's progress bars (the Train node's stages and training steps, each KSampler) as terminal bars; a
-    headless executor shows nothing otherwise for the minutes training takes."""
-    import comfy.utils
-    from tqdm import tqdm
-    try:  # ComfyUI 0.3.x knows which node is running; the 2024 one does not tell a progress hook
-        from comfy_execution.utils import get_executing_context
-    except ImportError:
-        get_executing_context = None
-    titles = {node_id: node.get("_meta", {}).get("title", node["class_type"]) for node_id, node in prompt.items()}
-    bars = {}
-
-    def hook(value, total, preview=None, *_, node_id=None, **__):
-        if node_id is None and get_executing_context is not None and get_executing_context() is not None:
-            node_id = get_executing_context().node_id
-        bar = bars.get("current")
-        if bar is None or bar.total != total or value < bar.n or bars.get("node") != node_id:
-            if bar is not None:
-                bar.close()
-            bar = bars["current"] = tqdm(total=total, desc=titles.get(node_id, "running"), unit="step")
-            bars["node"] = node_id
-        bar.update(value - bar.n)
-        if value >= total:
-            bar.close()
-            bars.pop("current")
-
-    comfy.utils.set_progress_bar_global_hook(hook)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="folder for images, adapter, metrics")
@@ -69,7 +40,8 @@ def main() -> int:
     if args.train_steps:
         prompt["6"]["inputs"]["steps"] = args.train_steps
 
-    show_progress_in_terminal(prompt)
+    from spare_core.comfyui import progress  # imports ComfyUI: only after the boot
+    progress.terminal_progress_bars(prompt)
     print(f"running the workflow: the Train node's bar counts sample generation, timestep selection and "
           f"{prompt['6']['inputs']['steps']} training steps; then the KSamplers draw before / after", flush=True)
     started = time.perf_counter()

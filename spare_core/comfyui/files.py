@@ -1,12 +1,13 @@
-"""Adapter files in ComfyUI's models/loras folders."""
+"""Model files: adapters in ComfyUI's models/loras folders, and the checkpoints a batch job names."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import folder_paths
 
-LORA_FOLDER = "loras"
+LORA_FOLDER, CHECKPOINT_FOLDER = "loras", "checkpoints"
 
 
 def lora_file_names() -> list[str]:
@@ -38,3 +39,45 @@ def new_lora_file_path(name: str) -> Path:
     if root not in target.parents:
         raise ValueError(f"file_name {name!r} would be written outside models/loras")
     return target
+
+
+def _forget_cached_file_lists() -> None:
+    if hasattr(folder_paths, "filename_list_cache"):
+        folder_paths.filename_list_cache.clear()
+
+
+@contextlib.contextmanager
+def lora_folder_first(folder: Path):
+    """For the duration, ``folder`` is the first models/loras folder: where new adapters are written."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, extensions = folder_paths.folder_names_and_paths[LORA_FOLDER]
+    folder_paths.folder_names_and_paths[LORA_FOLDER] = ([str(folder)] + [p for p in paths if Path(p) != folder],
+                                                        extensions)
+    _forget_cached_file_lists()
+    try:
+        yield folder
+    finally:
+        folder_paths.folder_names_and_paths[LORA_FOLDER] = (paths, extensions)
+        _forget_cached_file_lists()
+
+
+def checkpoint_path(name_or_path: str) -> Path:
+    """A checkpoint named as the stock loader lists it, or a path to a file. A file outside models/checkpoints
+    has its folder added to the list (as extra_model_paths.yaml would), so that the stock loader reads it."""
+    found = folder_paths.get_full_path(CHECKPOINT_FOLDER, name_or_path)
+    if found is not None:
+        return Path(found)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        names = folder_paths.get_filename_list(CHECKPOINT_FOLDER)
+        raise FileNotFoundError(f"{name_or_path!r} is neither a checkpoint in models/checkpoints (found: "
+                                f"{names[:10]}) nor a file")
+    path = path.resolve()
+    folder_paths.add_model_folder_path(CHECKPOINT_FOLDER, str(path.parent))
+    _forget_cached_file_lists()
+    listed = folder_paths.get_full_path(CHECKPOINT_FOLDER, path.name)
+    if listed is None or Path(listed).resolve() != path:
+        raise FileNotFoundError(f"{name_or_path!r}: another checkpoint named {path.name!r} is listed first "
+                                f"({listed}); rename the file or give that checkpoint's name")
+    return path

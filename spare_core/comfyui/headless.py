@@ -112,10 +112,11 @@ def _prompt_executor(execution, prompt_server):
                                     cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
 
 
-def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
-    """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its model and output
-    folders into ``work``, load the pack from a custom_nodes folder there (a link to this checkout) and build a
-    PromptExecutor."""
+def boot(work: Path, cpu: bool = True, model_folders_in_work: bool = True) -> ComfyRuntime:
+    """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its output, input and
+    temp folders into ``work``, load the pack from a custom_nodes folder there (a link to this checkout) and build
+    a PromptExecutor. ``model_folders_in_work``: models/checkpoints and models/loras are in ``work`` too (tests,
+    benchmarks); False keeps that ComfyUI's own (the batch runner, which works on the user's models)."""
     root = comfy_root()
     sys.path.insert(0, str(root))
     saved_argv = sys.argv
@@ -136,7 +137,7 @@ def boot(work: Path, cpu: bool = True) -> ComfyRuntime:
 
     for name in ("checkpoints", "loras", "output", "input", "temp", "custom_nodes"):
         (work / name).mkdir(parents=True, exist_ok=True)
-    for name in ("checkpoints", "loras"):
+    for name in ("checkpoints", "loras") if model_folders_in_work else ():
         extensions = folder_paths.folder_names_and_paths[name][1]
         folder_paths.folder_names_and_paths[name] = ([str(work / name)], extensions)
     folder_paths.set_output_directory(str(work / "output"))

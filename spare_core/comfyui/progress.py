@@ -1,4 +1,5 @@
-"""ComfyUI's progress bar, Cancel button and the live loss curve the web extension draws."""
+"""ComfyUI's progress bar, Cancel button and the live loss curve the web extension draws; and, for command-line
+tools, the same progress as terminal bars."""
 
 from __future__ import annotations
 
@@ -48,3 +49,33 @@ def server_routes():
     """ComfyUI's aiohttp route table, or None when no ComfyUI server is running."""
     prompt_server = _prompt_server()
     return None if prompt_server is None else prompt_server.routes
+
+
+def terminal_progress_bars(prompt: dict, position: int = 0) -> None:
+    """ComfyUI's progress (the Train node's stages and training steps, each KSampler) as terminal bars, one per
+    node as it runs; a headless executor shows nothing otherwise for the minutes training takes. ``position``:
+    the terminal line the bars use, below an outer bar of the caller's."""
+    from tqdm import tqdm
+    try:  # ComfyUI 0.3.x knows which node is running; the 2024 one does not tell a progress hook
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        get_executing_context = None
+    titles = {node_id: node.get("_meta", {}).get("title", node["class_type"]) for node_id, node in prompt.items()}
+    bars = {}
+
+    def hook(value, total, preview=None, *_, node_id=None, **__):
+        if node_id is None and get_executing_context is not None and get_executing_context() is not None:
+            node_id = get_executing_context().node_id
+        bar = bars.get("current")
+        if bar is None or bar.total != total or value < bar.n or bars.get("node") != node_id:
+            if bar is not None:
+                bar.close()
+            bar = bars["current"] = tqdm(total=total, desc=titles.get(node_id, "running"), unit="step",
+                                         position=position, leave=position == 0)
+            bars["node"] = node_id
+        bar.update(value - bar.n)
+        if value >= total:
+            bar.close()
+            bars.pop("current")
+
+    comfy.utils.set_progress_bar_global_hook(hook)

