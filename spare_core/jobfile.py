@@ -43,7 +43,6 @@ class Job:
     retain: tuple[str, ...]
     # Every Train input other than the prompts, defaults filled in: a change of recipe changes the hash.
     settings: Mapping[str, object] = field(default_factory=dict)
-    line: int = 0
     output_line: int = 0
     checkpoint_line: int = 0
 
@@ -154,11 +153,12 @@ def parse_jobs(text: str, source: str, setting_specs: Mapping[str, tuple]) -> li
             if key not in entries:
                 reader.fail(job_node, f"{where}.{key}", "missing")
         output = reader.text(entries["output"], f"{where}.output")
-        if output.lower().removesuffix(".safetensors") in outputs:
-            first = outputs[output.lower().removesuffix(".safetensors")]
-            reader.fail(entries["output"], f"{where}.output",
-                        f"{output!r} is also the output of the job on line {first}; give each job its own name")
-        outputs[output.lower().removesuffix(".safetensors")] = job_node.start_mark.line + 1
+        # Case-insensitive: the same file on Windows and macOS file systems.
+        same_file = output.lower().removesuffix(".safetensors")
+        if same_file in outputs:
+            reader.fail(entries["output"], f"{where}.output", f"{output!r} is also the output of the job on line "
+                                                              f"{outputs[same_file]}; give each job its own name")
+        outputs[same_file] = job_node.start_mark.line + 1
         if "checkpoint" in entries:
             checkpoint_node = entries["checkpoint"]
             checkpoint = reader.text(checkpoint_node, f"{where}.checkpoint")
@@ -172,7 +172,6 @@ def parse_jobs(text: str, source: str, setting_specs: Mapping[str, tuple]) -> li
             concept=reader.text(entries["concept"], f"{where}.concept"),
             surrogate=reader.text(entries["surrogate"], f"{where}.surrogate"),
             retain=reader.lines(entries["retain"], f"{where}.retain") if "retain" in entries else (),
-            settings={**defaults, **shared_settings, **own}, line=job_node.start_mark.line + 1,
-            output_line=entries["output"].start_mark.line + 1,
+            settings={**defaults, **shared_settings, **own}, output_line=entries["output"].start_mark.line + 1,
             checkpoint_line=checkpoint_node.start_mark.line + 1))
     return jobs

@@ -3,7 +3,7 @@
     python -m spare_core.comfyui.batch jobs.yaml [--comfyui PATH] [--out DIR] [--ledger FILE] [--cpu]
                                                  [--ray local|ADDRESS [--workers N] [--jobs-per-gpu K]]
 
-Each job is a two-node prompt run by ComfyUI's own executor: the stock CheckpointLoaderSimple, then Train SPARE
+Each job is a three-node prompt run by ComfyUI's own executor: the stock CheckpointLoaderSimple, then Train SPARE
 Adapter and Save Erasure Adapter. That is the code path of the nodes, with no server and no second copy of the
 algorithm. The run ledger (JSONL) gets one line per job: its input hash, status, times, the erasure figures, the
 adapter's sha256 and any error text. A second run resumes. It skips a job whose adapter is on disk, with the
@@ -37,6 +37,8 @@ SETTING_KINDS = ("INT", "FLOAT", "BOOLEAN")
 # Errors that say the input is wrong: running it again would fail the same way.
 INPUT_ERRORS = ("ValueError", "JobFileError", "FileExistsError")
 LEDGER_NAME = "spare_ledger.jsonl"
+# A job that crashes runs once more; bad input does not (it would fail the same way).
+MAX_ATTEMPTS = 2
 
 
 def train_setting_specs(node_class) -> dict[str, tuple]:
@@ -86,11 +88,13 @@ class Ledger:
                 continue  # a line cut short by a crash: that job simply counts as not done
         return records
 
-    def made(self, output: str, input_hash: str) -> set[str]:
-        """The sha256 of every adapter this ledger records as made for ``output`` from these inputs."""
-        return {r["adapter_sha256"] for r in self.records()
-                if r.get("output") == output and r.get("input_hash") == input_hash and r.get("status") == "done"
-                and r.get("adapter_sha256")}
+    def made(self) -> dict[tuple[str, str], set[str]]:
+        """(output, input hash) → the sha256 of every adapter this ledger records as made for them."""
+        made: dict[tuple[str, str], set[str]] = {}
+        for r in self.records():
+            if r.get("status") == "done" and r.get("adapter_sha256"):
+                made.setdefault((r.get("output"), r.get("input_hash")), set()).add(r["adapter_sha256"])
+        return made
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,10 @@ def job_prompt(job: Job, checkpoint_name: str) -> dict:
         "3": {"class_type": SAVE_NODE, "inputs": {"adapter": ["2", 0], "file_name": job.output, "overwrite": False,
                                                   "counter": False}},
     }
+
+
+def _try_again(tried: "Attempt", attempts: int) -> bool:
+    return not tried.ok and not tried.bad_input and attempts < MAX_ATTEMPTS
 
 
 def _error_text(run) -> tuple[str, bool]:
@@ -220,9 +228,10 @@ class BatchRunner:
         except FileNotFoundError as error:
             raise JobFileError(f"{source} line {job.checkpoint_line}: checkpoint: {error}") from error
 
-    def _plan(self, job: Job) -> tuple[_Planned, Outcome | None]:
+    def _plan(self, job: Job, made: dict[tuple[str, str], set[str]]) -> tuple[_Planned, Outcome | None]:
         """What to do with a job: train it (no outcome yet), or an outcome decided without training (skipped:
-        its adapter is on disk as the ledger recorded it; failed: a file is there that it did not make)."""
+        its adapter is on disk as the ledger recorded it; failed: a file is there that it did not make).
+        ``made``: the ledger's record of adapters made, read once per run."""
         from . import files
         checkpoint = self.checkpoint_path(job)
         with files.lora_folder_first(self.out):
@@ -231,8 +240,7 @@ class BatchRunner:
                            time.perf_counter())
         if not target.exists():
             return planned, None
-        made = self.ledger.made(job.output, planned.input_hash)
-        if made and file_sha256(target) in made:
+        if file_sha256(target) in made.get((job.output, planned.input_hash), ()):
             return planned, Outcome(job, "skipped", adapter=target)
         return planned, Outcome(job, "failed", error=(
             f"{target} exists and this runner's ledger does not record making it from these inputs; it is left as "
@@ -255,17 +263,18 @@ class BatchRunner:
         """Every job in this process, one after another."""
         from . import files
         bar = _overall_bar(len(jobs)) if self.show_progress else None
+        made = self.ledger.made()
         outcomes = []
         for job in jobs:
-            planned, outcome = self._plan(job)
+            planned, outcome = self._plan(job, made)
             if outcome is None:
                 outcome = Outcome(job, "failed")
-                for number in (1, 2):
-                    outcome.attempts = number
+                while True:
+                    outcome.attempts += 1
                     with files.lora_folder_first(self.out):
                         tried = attempt_job(self.runtime, job, planned.checkpoint, self.show_progress)
                     _apply(outcome, tried, planned.target)
-                    if tried.ok or tried.bad_input:
+                    if not _try_again(tried, outcome.attempts):
                         break
             outcomes.append(self._record(planned, outcome))
             _advance(bar, outcome)
@@ -284,8 +293,9 @@ class BatchRunner:
         outcomes: dict[int, Outcome] = {}
         queue = []
         planned_by_index = {}
+        made = self.ledger.made()
         for index, job in enumerate(jobs):
-            planned, outcome = self._plan(job)
+            planned, outcome = self._plan(job, made)
             planned_by_index[index] = planned
             if outcome is None:
                 queue.append(index)
@@ -311,7 +321,7 @@ class BatchRunner:
                         _remove_unfinished_writes(planned.target)
                         tried = Attempt(False, "the worker running this job died (its process ended mid-job)")
                     _apply(outcome, tried, planned.target)
-                    if not tried.ok and not tried.bad_input and outcome.attempts < 2:
+                    if _try_again(tried, outcome.attempts):
                         pool.submit(index, jobs[index], planned.checkpoint)
                         continue
                     outcomes[index] = self._record(planned, outcome, held[index])

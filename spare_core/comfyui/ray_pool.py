@@ -91,8 +91,7 @@ class WorkerPool:
         self.timings: dict[str, float] = {}
 
     def __enter__(self) -> WorkerPool:
-        check_address(self.address)
-        ray = _ray()
+        ray = _ray()  # the address was checked by the caller (BatchRunner.run_on_ray), before any job was planned
         clock = time.perf_counter()
         if self.address == LOCAL:
             ray.init(num_cpus=os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
