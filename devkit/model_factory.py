@@ -138,3 +138,57 @@ def small_sd2_vpred_model(seed: int = 0):
         model.diffusion_model.load_state_dict(seeded_like(model.diffusion_model.state_dict(), seed))
     device = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+# Flux.1's layout (double- then single-stream blocks, 2x2 patches of a 16-channel latent, guidance embedding) at a
+# CPU-trainable width. Its context and pooled widths are CLIP-L's 768, so that a CLIP-L drives it: T5-XXL (Flux's
+# context encoder, 4.7 B parameters) cannot be built on a CI machine. ComfyUI's detection fixes Flux at 24 heads of
+# 128 (width 3072, over 500 M parameters even at one block each), so this model is built with ComfyUI's Flux class
+# directly rather than detected from a file.
+FLUX_DIT = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768,
+    "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
+    "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+}
+
+# SD3.5's MMDiT (joint blocks, RMS q/k norm, SD3.5 Medium's extra self-attention in the first block) at depth 2,
+# i.e. width 128 with 2 heads (MMDiT ties width and heads to depth). Context 4096 and pooled 2048 are SD3's: a
+# CLIP-L loaded as an sd3 text encoder pads its outputs to them. ComfyUI's UNETLoader detects this from the file.
+SD3_MMDIT_DEPTH = 2
+
+
+def small_flux_model(seed: int = 0, in_channels: int = 16):
+    """A MODEL with Flux.1-dev's architecture (guidance-distilled) at width 64, built with ComfyUI's classes;
+    ``in_channels`` 96 gives Flux Fill's inpainting input (latent, masked image and an 8x8 mask)."""
+    import comfy.supported_models
+    return _patched_model(comfy.supported_models.Flux(dict(copy.deepcopy(FLUX_DIT), in_channels=in_channels)), seed)
+
+
+def sd3_mmdit_state(seed: int) -> dict[str, torch.Tensor]:
+    """An SD3.5-layout MMDiT state dict (keys as in SD3 diffusion-model files) with seeded weights."""
+    import comfy.supported_models
+    hidden = 64 * SD3_MMDIT_DEPTH
+    config = {
+        "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": SD3_MMDIT_DEPTH, "input_size": None,
+        "adm_in_channels": 2048, "pos_embed_scaling_factor": None, "pos_embed_max_size": 16, "num_patches": 256,
+        "context_embedder_config": {"target": "torch.nn.Linear",
+                                    "params": {"in_features": 4096, "out_features": hidden}},
+        "qk_norm": "rms", "x_block_self_attn_layers": [0],
+    }
+    with torch.no_grad():
+        model = comfy.supported_models.SD3(config).get_model({})
+        return seeded_like(model.diffusion_model.state_dict(), seed)
+
+
+def build_sd3_diffusion_model(path: Path, seed: int = 0) -> Path:
+    """A diffusion-model file (for models/diffusion_models) that the stock UNETLoader detects as SD3."""
+    save_file({k: v.contiguous() for k, v in sd3_mmdit_state(seed).items()}, str(path))
+    return path
+
+
+def build_clip_l(path: Path, seed: int = 0) -> Path:
+    """A CLIP-L-shaped text-encoder file (for models/clip or models/text_encoders), keys as the stock CLIPLoader
+    reads them."""
+    state = clip_l_state(seed)
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in state.items()}, str(path))
+    return path

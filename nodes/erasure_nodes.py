@@ -52,7 +52,7 @@ def _fraction(config_class, name: str, default: float):
 
 def _samples(model, samples: int, resolution: int) -> SampleConfig:
     side = resolution or models.native_resolution(model)
-    return SampleConfig(samples_per_prompt=samples, width=side, height=side)
+    return SampleConfig(samples_per_prompt=samples, width=side, height=side, cfg=models.sample_guidance_scale(model))
 
 
 def _with_adapter_info(adapter, result: tuple) -> dict:

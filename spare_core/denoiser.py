@@ -2,45 +2,49 @@
 
 ``spare_core.comfyui.session`` builds a ``Denoiser`` from a ComfyUI MODEL; tests build one from a toy ``nn.Module``.
 All algorithm code speaks in noise (epsilon) space, x_t = x_0 + sigma * eps, whatever the model
-predicts natively, so eps-, v-prediction and SDXL models share one loss.
+predicts natively, so eps-, v-prediction and SDXL models share one loss. Flow-matching models (Flux, SD3), whose
+x_t = (1 - s) x_0 + s eps, are the same process rescaled: x_t / (1 - s) = x_0 + (s / (1 - s)) eps, and the session
+presents them in this space (``spare_core.comfyui.session``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Text conditioning for N prompts: cross-attention context (N, L, D) and, for SDXL, ADM vector y (N, A)."""
+    """Text conditioning for N prompts: the cross-attention context (N, L, D) and the model's other per-prompt
+    inputs by the name its forward takes them (``y``: SDXL's ADM vector, Flux's and SD3's pooled text;
+    ``guidance``: Flux's guidance strength), each with N rows."""
 
     context: torch.Tensor
-    y: Optional[torch.Tensor] = None
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.context.ndim != 3:
             raise ValueError(f"conditioning context must be (prompts, tokens, dim), got shape "
                              f"{tuple(self.context.shape)}")
-        if self.y is not None and self.y.shape[0] != self.context.shape[0]:
-            raise ValueError(f"conditioning y has {self.y.shape[0]} rows but context has {self.context.shape[0]}")
+        for name, tensor in self.extra.items():
+            if tensor.shape[0] != self.context.shape[0]:
+                raise ValueError(f"conditioning {name} has {tensor.shape[0]} rows but context has "
+                                 f"{self.context.shape[0]}")
 
     def __len__(self) -> int:
         return self.context.shape[0]
 
     def select(self, index: torch.Tensor) -> "Conditioning":
         """Rows ``index`` (a 1-D long tensor), e.g. one prompt per batch element."""
-        index = index.to(self.context.device)
-        return Conditioning(self.context[index], None if self.y is None else self.y[index.to(self.y.device)])
+        return Conditioning(self.context[index.to(self.context.device)],
+                            {name: t[index.to(t.device)] for name, t in self.extra.items()})
 
     def to(self, device, dtype) -> "Conditioning":
         # Always copies: tensors made under ComfyUI's inference_mode cannot enter an autograd graph.
-        return Conditioning(
-            self.context.to(device=device, dtype=dtype, copy=True),
-            None if self.y is None else self.y.to(device=device, dtype=dtype, copy=True),
-        )
+        return Conditioning(self.context.to(device=device, dtype=dtype, copy=True),
+                            {name: t.to(device=device, dtype=dtype, copy=True) for name, t in self.extra.items()})
 
     @staticmethod
     def cat(parts: "list[Conditioning]") -> "Conditioning":
@@ -48,11 +52,11 @@ class Conditioning:
         if len(lengths) > 1:
             # Prompts over 77 tokens give longer contexts; zero-padding would change attention, so refuse.
             raise ValueError(f"cannot batch conditionings of different token lengths {sorted(lengths)}")
-        ys = [p.y for p in parts]
-        return Conditioning(
-            torch.cat([p.context for p in parts]),
-            None if any(y is None for y in ys) else torch.cat(ys),
-        )
+        names = {frozenset(p.extra) for p in parts}
+        if len(names) > 1:
+            raise ValueError(f"cannot batch conditionings with different model inputs {sorted(map(sorted, names))}")
+        return Conditioning(torch.cat([p.context for p in parts]),
+                            {name: torch.cat([p.extra[name] for p in parts]) for name in parts[0].extra})
 
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]

@@ -76,10 +76,14 @@ def euler_with_guidance(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tenso
     """Euler steps from sigmas[0] down to sigmas[-1] with classifier-free guidance. ``both`` holds one conditional
     row per latent, then as many unconditional rows."""
     count = len(x)
+    conditional = both.select(torch.arange(count))
     for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
-        sigma_batch = torch.full((2 * count,), float(sigma), device=denoiser.device)
-        eps_cond, eps_uncond = denoiser.predict_noise(torch.cat([x, x]), sigma_batch, both).chunk(2)
-        eps = eps_uncond + cfg * (eps_cond - eps_uncond)
+        if cfg == 1.0:  # guidance 1 is the conditional prediction alone: skip the unconditional half
+            eps = denoiser.predict_noise(x, torch.full((count,), float(sigma), device=denoiser.device), conditional)
+        else:
+            sigma_batch = torch.full((2 * count,), float(sigma), device=denoiser.device)
+            eps_cond, eps_uncond = denoiser.predict_noise(torch.cat([x, x]), sigma_batch, both).chunk(2)
+            eps = eps_uncond + cfg * (eps_cond - eps_uncond)
         x = x + eps * float(sigma_next - sigma)
         on_step(step)
     return x

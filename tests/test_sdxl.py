@@ -22,7 +22,7 @@ def sdxl_conditioning(door, model, seed):
 def test_sdxl_erasure_end_to_end(door, small_sdxl):
     assert door.models.model_family(small_sdxl) == "sdxl"
     forget, surrogate, retain, uncond = (sdxl_conditioning(door, small_sdxl, seed) for seed in range(4))
-    assert forget.y.shape == (1, 2816), "SDXL's ADM vector: pooled 1280 + 6 size embeddings of 256"
+    assert forget.extra["y"].shape == (1, 2816), "SDXL's ADM vector: pooled 1280 + 6 size embeddings of 256"
     snapshot = unet_snapshot(small_sdxl)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
     with door.session.denoiser_session(small_sdxl) as denoiser:

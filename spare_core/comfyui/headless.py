@@ -115,8 +115,9 @@ def _prompt_executor(execution, prompt_server):
 def boot(work: Path, cpu: bool = True, model_folders_in_work: bool = True) -> ComfyRuntime:
     """Import ComfyUI from ``comfy_root()`` (on the CPU unless ``cpu`` is False), point its output, input and
     temp folders into ``work``, load the pack from a custom_nodes folder there (a link to this checkout) and build
-    a PromptExecutor. ``model_folders_in_work``: models/checkpoints and models/loras are in ``work`` too (tests,
-    benchmarks); False keeps that ComfyUI's own (the batch runner, which works on the user's models)."""
+    a PromptExecutor. ``model_folders_in_work``: models/checkpoints, loras, diffusion_models and text_encoders are
+    in ``work`` too (tests, benchmarks); False keeps that ComfyUI's own (the batch runner, which works on the
+    user's models)."""
     root = comfy_root()
     sys.path.insert(0, str(root))
     saved_argv = sys.argv
@@ -135,9 +136,13 @@ def boot(work: Path, cpu: bool = True, model_folders_in_work: bool = True) -> Co
     finally:
         sys.argv = saved_argv
 
-    for name in ("checkpoints", "loras", "output", "input", "temp", "custom_nodes"):
+    # diffusion_models and text_encoders hold the DiT families' separate files; the 2024 ComfyUI names them
+    # unet and clip, and has no such models, so it keeps its own.
+    model_folders = [name for name in ("checkpoints", "loras", "diffusion_models", "text_encoders")
+                     if name in folder_paths.folder_names_and_paths]
+    for name in ["output", "input", "temp", "custom_nodes"] + model_folders:
         (work / name).mkdir(parents=True, exist_ok=True)
-    for name in ("checkpoints", "loras") if model_folders_in_work else ():
+    for name in model_folders if model_folders_in_work else ():
         extensions = folder_paths.folder_names_and_paths[name][1]
         folder_paths.folder_names_and_paths[name] = ([str(work / name)], extensions)
     folder_paths.set_output_directory(str(work / "output"))

@@ -12,17 +12,24 @@ from torch import nn
 from ..denoiser import Conditioning, Denoiser
 from .models import latent_channel_count, load_to_device, model_family, model_sampling
 
+# Blocks that add residuals in place (`x += n`) onto tensors their LayerNorms saved for backward, and those norms:
+# the 2024 BasicTransformerBlock, and Flux's double- and single-stream blocks in every ComfyUI version.
+_IN_PLACE_RESIDUAL_NORMS = {
+    "BasicTransformerBlock": ("norm1", "norm2", "norm3"),
+    "DoubleStreamBlock": ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
+    "SingleStreamBlock": ("pre_norm",),
+}
+
 
 def guard_in_place_residuals(unet: nn.Module) -> list:
-    """The 2024 BasicTransformerBlock adds residuals in place (`x += n`) onto tensors its LayerNorms saved for
-    backward; cloning the norm1/2/3 inputs keeps backward valid. Returns the hook handles (remove them after)."""
+    """Cloning what those norms are given keeps backward valid (the values are the same, so the forward is
+    unchanged). Returns the hook handles (remove them after)."""
     hooks = []
     for module in unet.modules():
-        if type(module).__name__ == "BasicTransformerBlock":
-            for norm_name in ("norm1", "norm2", "norm3"):
-                norm = getattr(module, norm_name, None)
-                if norm is not None:
-                    hooks.append(norm.register_forward_pre_hook(lambda m, args: (args[0].clone(),) + args[1:]))
+        for norm_name in _IN_PLACE_RESIDUAL_NORMS.get(type(module).__name__, ()):
+            norm = getattr(module, norm_name, None)
+            if norm is not None:
+                hooks.append(norm.register_forward_pre_hook(lambda m, args: (args[0].clone(),) + args[1:]))
     return hooks
 
 
@@ -62,10 +69,39 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
 
 
 def _checkpoint_blocks(unet: nn.Module) -> tuple:
-    """ComfyUI's SD UNet blocks (openaimodel ResBlock, attention SpatialTransformer), for gradient checkpointing."""
+    """The model's residual and transformer blocks, for gradient checkpointing: SD UNets' openaimodel ResBlock and
+    SpatialTransformer, Flux's double- and single-stream blocks, SD3's MMDiT joint blocks."""
+    kinds = _block_classes()
+    return tuple(m for m in unet.modules() if isinstance(m, kinds))
+
+
+def _block_classes() -> tuple:
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
-    return tuple(m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer)))
+    kinds = [ResBlock, SpatialTransformer]
+    try:  # the 2024 ComfyUI has neither
+        from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+        from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
+        kinds += [DoubleStreamBlock, SingleStreamBlock, JointBlock]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _is_flow(sampling) -> bool:
+    """Flow matching (Flux, SD3): ComfyUI mixes x_t = s * noise + (1 - s) * x_0 (its CONST sampling)."""
+    import comfy.model_sampling
+    flow = getattr(comfy.model_sampling, "CONST", None)
+    return flow is not None and isinstance(sampling, flow)
+
+
+def flow_sigmas_as_noise_levels(flow_sigmas: torch.Tensor) -> torch.Tensor:
+    """A flow schedule s as the noise levels s / (1 - s) of x_0 + sigma * eps (the same process, rescaled by
+    1 / (1 - s)). Its top entry, s = 1 (pure noise, sigma infinite), takes the largest finite level of the schedule."""
+    s = flow_sigmas.detach().double().cpu()
+    below_one = s[s < 1]
+    s = s.clamp(max=float(below_one.max()))
+    return (s / (1 - s)).float()
 
 
 @contextlib.contextmanager
@@ -76,18 +112,29 @@ def denoiser_session(model) -> Iterator[Denoiser]:
     base = model.model
     sampling = model_sampling(model)
     device = model.load_device
+    flow = _is_flow(sampling)
 
     def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        extra = {} if cond.y is None else {"y": cond.y}
-        denoised = base.apply_model(x_t, sigma, c_crossattn=cond.context, **extra)
-        return (x_t - denoised.float()) / sigma.view(-1, 1, 1, 1)
+        sigma = sigma.view(-1, 1, 1, 1)
+        if not flow:
+            denoised = base.apply_model(x_t, sigma.flatten(), c_crossattn=cond.context, **cond.extra)
+            return (x_t - denoised.float()) / sigma
+        # x_t = x_0 + sigma * eps is the flow model's input scaled by 1 / (1 - s), with s = sigma / (1 + sigma).
+        s = sigma / (1 + sigma)
+        x_flow = x_t / (1 + sigma)
+        denoised = base.apply_model(x_flow, s.flatten(), c_crossattn=cond.context, **cond.extra).float()
+        # eps from x_flow = (1 - s) x_0 + s eps; no large terms cancel even where sigma is in the thousands.
+        return (x_flow - (1 - s) * denoised) / s
 
+    sigmas = sampling.sigmas.detach().float().cpu().clone()
+    if flow:
+        sigmas = flow_sigmas_as_noise_levels(sigmas)
     with torch.inference_mode(False), torch.enable_grad(), \
             _trainable(base.diffusion_model):
         yield Denoiser(
             unet=base.diffusion_model,
             predict_noise=predict_noise,
-            sigmas=sampling.sigmas.detach().float().cpu().clone(),
+            sigmas=sigmas,
             latent_channels=latent_channel_count(base),
             device=torch.device(device),
             dtype=torch.float32,

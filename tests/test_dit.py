@@ -1,0 +1,258 @@
+"""Flux.1 and SD3.5 (DiT, flow matching) on ComfyUI 0.3.x: erasure through the executor, the stock LoRA loaders on
+the saved file, Remove, untouched base weights, and the forget gap on held-out draws.
+
+The models are random-weight and tiny, in each family's layout (devkit.model_factory):
+- SD3.5's MMDiT at depth 2 is a file in models/diffusion_models that the stock UNETLoader detects; its text
+  conditioning comes from a CLIP-L-shaped encoder loaded by the stock CLIPLoader as an sd3 text encoder, which pads
+  its outputs to SD3's widths (context 4096, pooled 2048), so the Train node encodes real prompts;
+- Flux.1-dev's layout is built with ComfyUI's Flux class at width 64 (detection fixes Flux at 3072 wide), with
+  CLIP-L-wide text inputs so that the same CLIP-L file, loaded as a plain CLIP, drives it.
+T5-XXL (4.7 B parameters) cannot be built on a CI machine, hence CLIP-L in both.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import assert_bit_identical, unet_snapshot
+
+from devkit import model_factory
+from devkit.erasure import Prompts, predict
+from spare_core.adapter import ErasureAdapter, save_adapter
+from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.lora import SparseLoRASet
+from spare_core.saliency import compute_saliency
+from spare_core.samples import generate_samples
+from spare_core.timesteps import select_timesteps
+from spare_core.trainer import train_adapter
+
+SD3_FILE = "tiny_sd35.safetensors"
+CLIP_L_FILE = "tiny_clip_l.safetensors"
+FORGET = "a painting in the style of Van Gogh"
+SURROGATE = "a painting"
+RETAIN = "a photo of a dog"
+SAMPLES = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def dit_comfy(comfy):
+    import comfy.model_base as model_base  # (the name comfy is the fixture here)
+    if not hasattr(model_base, "Flux"):
+        pytest.skip("this ComfyUI (2024-03) has no Flux or SD3 models; the DiT tests run on ComfyUI 0.3.x")
+    model_factory.build_sd3_diffusion_model(comfy.folder("diffusion_models") / SD3_FILE, seed=0)
+    model_factory.build_clip_l(comfy.folder("text_encoders") / CLIP_L_FILE, seed=3)
+    return comfy
+
+
+@pytest.fixture(scope="module")
+def sd3(dit_comfy):
+    """(MODEL, CLIP) from the stock UNETLoader and CLIPLoader (type sd3), loaded as the executor loads them."""
+    with torch.inference_mode():
+        model = dit_comfy.node("UNETLoader").load_unet(SD3_FILE, "default")[0]
+        clip = dit_comfy.node("CLIPLoader").load_clip(CLIP_L_FILE, "sd3")[0]
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def flux(dit_comfy):
+    with torch.inference_mode():
+        clip = dit_comfy.node("CLIPLoader").load_clip(CLIP_L_FILE, "stable_diffusion")[0]
+    return model_factory.small_flux_model(seed=0), clip
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def family(request):
+    return request.param, request.getfixturevalue(request.param)
+
+
+def random_prompts(door, model, seed: int) -> Prompts:
+    """Four unrelated prompts as text-encoder-scale tensors, made into the model's inputs by ComfyUI's own
+    extra_conds (pooled vector, Flux's guidance)."""
+    generator = torch.Generator().manual_seed(seed)
+    context_width, pooled_width = door.models.text_widths(model)
+
+    def one():
+        context = torch.randn(1, 77, context_width, generator=generator)
+        pooled = torch.randn(1, pooled_width, generator=generator)
+        return door.models.conditioning_from_tensors(model, context, pooled, width=64, height=64)
+    return Prompts(one(), one(), one(), one())
+
+
+def test_families_are_recognised_with_their_flow_schedules_and_inputs(door, family):
+    name, (model, clip) = family
+    assert door.models.model_family(model) == name
+    assert door.models.native_resolution(model) == 1024
+    cond = door.models.encode_prompts(model, clip, [FORGET, RETAIN], 64, 64, "forget_prompts")
+    width, pooled = door.models.text_widths(model)
+    assert cond.context.shape == (2, 77, width) and cond.extra["y"].shape == (2, pooled)
+    if name == "flux":
+        assert cond.extra["guidance"].tolist() == [3.5, 3.5], "Flux-dev's default guidance from extra_conds"
+        assert door.models.sample_guidance_scale(model) == 1.0
+    with door.session.denoiser_session(model) as denoiser:
+        levels = denoiser.sigmas
+        assert torch.isfinite(levels).all() and bool((levels[1:] >= levels[:-1]).all())
+        assert levels[-1] > 1000, "the flow schedule's pure-noise end is a very large noise level"
+        assert denoiser.blocks, "gradient checkpointing knows this family's transformer blocks"
+
+
+def test_flow_noise_levels_are_the_same_process_as_comfyuis_noise_scaling(door, sd3):
+    """x_0 + sigma * eps, scaled by 1 / (1 + sigma), is what ComfyUI's own model_sampling feeds the model."""
+    model, _ = sd3
+    sampling = door.models.model_sampling(model)
+    with door.session.denoiser_session(model) as denoiser:
+        index = torch.tensor([5, 300, 900])
+        sigma = denoiser.sigmas[index].view(-1, 1, 1, 1)
+        generator = torch.Generator().manual_seed(0)
+        x0, noise = torch.randn(3, 16, 8, 8, generator=generator), torch.randn(3, 16, 8, 8, generator=generator)
+        ours = (x0 + sigma * noise) / (1 + sigma)
+        comfys = sampling.noise_scaling(sampling.sigmas[index], noise, x0)
+        torch.testing.assert_close(ours, comfys, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(door, family):
+    """A full SPARE run (samples → saliency → timesteps → distillation) through the core on each family."""
+    name, (model, _) = family
+    prompts = random_prompts(door, model, seed=1)
+    snapshot = unet_snapshot(model)
+    with door.session.denoiser_session(model) as denoiser:
+        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, SAMPLES, seed=0)
+        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, SAMPLES, seed=1)
+        saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=2), seed=0)
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
+        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
+                               TrainConfig(rank=8, steps=150, learning_rate=3e-3, retain_weight=2.0, overshoot=0.0),
+                               seed=0)
+    return name, model, prompts, forget, retain, snapshot, result
+
+
+def test_base_weights_are_bit_identical_after_training(trained):
+    _, model, _, _, _, snapshot, result = trained
+    assert result.steps_done == 150
+    assert_bit_identical(model, snapshot)
+
+
+def test_erasure_closes_the_forget_gap_and_keeps_retained_prompts(door, trained):
+    name, model, prompts, forget, retain, _, result = trained
+    erased = door.patches.apply_adapter(model, ErasureAdapter(result.state_dict, {"base_model": name}), 1.0)
+    # Held out: noise and timesteps never seen in training (their own generator, uniform over the schedule).
+    generator = torch.Generator().manual_seed(12345)
+    forget_x0, retain_x0 = forget.latents.repeat(4, 1, 1, 1), retain.latents.repeat(4, 1, 1, 1)
+    noise = torch.randn(forget_x0.shape, generator=generator)
+    with door.session.denoiser_session(model) as denoiser:
+        steps = denoiser.num_timesteps
+    indices = torch.randint(0, steps, (forget_x0.shape[0],), generator=generator)
+
+    teacher_forget = predict(door, model, forget_x0, noise, indices, prompts.forget)
+    teacher_surrogate = predict(door, model, forget_x0, noise, indices, prompts.surrogate)
+    student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
+    teacher_retain = predict(door, model, retain_x0, noise, indices, prompts.retain)
+    student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
+
+    initial_gap = (teacher_forget - teacher_surrogate).norm()
+    remaining_gap = (student_forget - teacher_surrogate).norm()
+    retain_drift = (student_retain - teacher_retain).norm()
+    assert remaining_gap <= 0.30 * initial_gap, f"{name}: forget gap only fell from {initial_gap:.4f} to " \
+                                                f"{remaining_gap:.4f}"
+    assert retain_drift <= 0.10 * initial_gap, f"{name}: retain drift {retain_drift:.4f} vs gap {initial_gap:.4f}"
+
+
+def test_training_forward_equals_the_stock_lora_loader_on_the_saved_file(dit_comfy, door, trained):
+    name, model, prompts, forget, _, _, result = trained
+    adapter = ErasureAdapter(result.state_dict, {"base_model": name})
+    file_name = f"dit_equivalence_{name}.safetensors"
+    save_adapter(adapter, dit_comfy.folder("loras") / file_name, overwrite=True)
+    stock = dit_comfy.node("LoraLoaderModelOnly").load_lora_model_only(model, file_name, 1.0)[0]
+
+    generator = torch.Generator().manual_seed(7)
+    latents = forget.latents[:2]
+    noise = torch.randn(latents.shape, generator=generator)
+    indices = torch.tensor([100, 900])
+    cond = prompts.forget.select(torch.zeros(2, dtype=torch.long))
+    hooks = SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model, adapter.tensors)
+    with door.session.denoiser_session(model) as denoiser, torch.no_grad(), hooks.attached(denoiser.unet):
+        sigma = denoiser.sigmas[indices]
+        training_forward = denoiser.predict_noise(latents + sigma.view(-1, 1, 1, 1) * noise, sigma, cond)
+    base = predict(door, model, latents, noise, indices, prompts.forget)
+    via_stock = predict(door, stock, latents, noise, indices, prompts.forget)
+    assert (training_forward - base).abs().max() > 1e-3, "the adapter must change the output for this test to mean " \
+                                                         "anything"
+    torch.testing.assert_close(via_stock, training_forward, atol=1e-4, rtol=1e-4)
+
+
+def test_sd35_erasure_through_the_executor_then_stock_loader_apply_and_remove(dit_comfy):
+    sampler = {"seed": 1, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+               "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0]}
+    loaders = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": SD3_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": CLIP_L_FILE, "type": "sd3"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": FORGET, "clip": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    train = {
+        **loaders,
+        "6": {"class_type": "SpareTrainAdapter", "inputs": {
+            "model": ["1", 0], "clip": ["2", 0], "forget_prompts": FORGET, "surrogate_prompt": SURROGATE,
+            "retain_prompts": RETAIN, "rank": 4, "alpha": 4.0, "steps": 3, "learning_rate": 1e-2,
+            "retain_weight": 1.0, "batch_size": 1, "samples": 1, "resolution": 64, "seed": 0}},
+        "7": {"class_type": "SpareSaveAdapter", "inputs": {"adapter": ["6", 0], "file_name": "sd35_erasure",
+                                                            "overwrite": False}},
+    }
+    run = dit_comfy.run_prompt(train)
+    assert run.success, run.error
+    from safetensors import safe_open
+    with safe_open(str(dit_comfy.folder("loras") / "sd35_erasure.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["base_model"] == "sd3" and metadata["steps"] == "3"
+    assert json.loads(metadata["forget_prompts"]) == [FORGET]
+
+    use = {
+        **loaders,
+        "6": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["1", 0], "lora_name": "sd35_erasure.safetensors", "strength_model": 1.0}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["6", 0], **sampler}},
+        "8": {"class_type": "SpareLoadAdapter", "inputs": {"adapter_name": "sd35_erasure.safetensors"}},
+        "9": {"class_type": "SpareApplyErasure", "inputs": {"model": ["1", 0], "adapter": ["8", 0], "strength": 1.0}},
+        "10": {"class_type": "KSampler", "inputs": {"model": ["9", 0], **sampler}},
+        "11": {"class_type": "KSampler", "inputs": {"model": ["1", 0], **sampler}},
+        "12": {"class_type": "SpareRemoveErasure", "inputs": {"model": ["9", 0], "adapter": ["8", 0]}},
+        "13": {"class_type": "KSampler", "inputs": {"model": ["12", 0], **sampler}},
+        **{f"save_{n}": {"class_type": "SaveLatent", "inputs": {"samples": [n, 0], "filename_prefix": f"sd35/{n}"}}
+           for n in ("7", "10", "11", "13")},
+    }
+    run = dit_comfy.run_prompt(use)
+    assert run.success, run.error
+    latent = {node: run.outputs[node][0][0]["samples"] for node in ("7", "10", "11", "13")}
+    assert latent["11"].shape[1] == 16, "SD3's 16-channel latent"
+    torch.testing.assert_close(latent["7"], latent["10"], atol=1e-4, rtol=0)  # stock loader == Apply Erasure
+    assert not torch.equal(latent["10"], latent["11"])                        # the erasure changes the output
+    assert torch.equal(latent["13"], latent["11"])                            # Remove restores the base exactly
+
+
+def test_a_flux_adapter_on_sdxl_is_refused_with_the_count_of_unmatched_modules(dit_comfy, door, trained, small_sdxl):
+    name, _, _, _, _, _, result = trained
+    if name != "flux":
+        pytest.skip("one family is enough for this refusal")
+    adapter = ErasureAdapter(result.state_dict, {"base_model": "flux"})
+    count = len(adapter.module_stems)
+    with pytest.raises(ValueError, match=rf"{count} of {count} modules did not match .* made for flux, this model "
+                                         rf"is SDXL"):
+        dit_comfy.node("SpareApplyErasure").apply(small_sdxl, adapter, 1.0)
+
+
+def test_a_text_encoder_of_the_wrong_family_is_refused_naming_the_one_needed(door, flux, sd3):
+    flux_model, plain_clip_l = flux
+    _, sd3_clip = sd3
+    with pytest.raises(ValueError, match=r"4096-wide text features, but this flux model takes 768: connect the flux "
+                                         r"text encoders, CLIP-L \+ T5-XXL"):
+        door.models.encode_prompts(flux_model, sd3_clip, [FORGET], 64, 64, "forget_prompts")
+    with pytest.raises(ValueError, match="clip input is empty"):
+        door.models.encode_prompts(flux_model, None, [FORGET], 64, 64, "forget_prompts")
+
+
+def test_flux_fill_style_inpainting_models_are_refused_naming_what_is_supported(door, dit_comfy):
+    fill = model_factory.small_flux_model(seed=0, in_channels=96)  # Flux Fill: latent + masked image + mask
+    with pytest.raises(ValueError, match=r"inpainting or concat-conditioned Flux model \(96 input channels for 16 "
+                                         r"latent channels\); SPARE can train .*Flux.1"):
+        door.models.model_family(fill)
