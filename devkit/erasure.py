@@ -30,3 +30,31 @@ def predict(door, model, latents, noise, indices, cond: Conditioning) -> torch.T
         sigma = denoiser.sigmas[indices]
         x_t = latents + sigma.view(-1, 1, 1, 1) * noise
         return denoiser.predict_noise(x_t, sigma, cond.select(torch.zeros(len(indices), dtype=torch.long)))
+
+
+@dataclass(frozen=True)
+class HeldOutGap:
+    """Forget gap and retain drift on held-out draws, as shares of the initial forget gap ‖eps(c_f) − eps(c_s)‖."""
+
+    remaining_gap: float
+    retain_drift: float
+
+
+def held_out_gap(door, model, erased, prompts: Prompts, forget, retain, seed: int = 12345,
+                 repeats: int = 4) -> HeldOutGap:
+    """How far ``erased`` moved the forget prediction to the surrogate's and how far its retain prediction drifted,
+    against ``model``, on noise and timesteps (uniform over the schedule) never seen in training."""
+    generator = torch.Generator().manual_seed(seed)
+    forget_x0, retain_x0 = forget.latents.repeat(repeats, 1, 1, 1), retain.latents.repeat(repeats, 1, 1, 1)
+    noise = torch.randn(forget_x0.shape, generator=generator)
+    with door.session.denoiser_session(model) as denoiser:
+        steps = denoiser.num_timesteps
+    indices = torch.randint(0, steps, (forget_x0.shape[0],), generator=generator)
+    teacher_forget = predict(door, model, forget_x0, noise, indices, prompts.forget)
+    teacher_surrogate = predict(door, model, forget_x0, noise, indices, prompts.surrogate)
+    student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
+    teacher_retain = predict(door, model, retain_x0, noise, indices, prompts.retain)
+    student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
+    initial = float((teacher_forget - teacher_surrogate).norm())
+    return HeldOutGap(float((student_forget - teacher_surrogate).norm()) / initial,
+                      float((student_retain - teacher_retain).norm()) / initial)

@@ -17,12 +17,12 @@ import torch
 from conftest import assert_bit_identical, unet_snapshot
 
 from devkit import model_factory
-from devkit.erasure import Prompts, predict
+from devkit.erasure import Prompts, held_out_gap, predict
 from spare_core.adapter import ErasureAdapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.lora import SparseLoRASet
 from spare_core.saliency import compute_saliency
-from spare_core.samples import generate_samples
+from spare_core.samples import generate_samples, sampling_sigmas
 from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
 
@@ -109,6 +109,39 @@ def test_flow_noise_levels_are_the_same_process_as_comfyuis_noise_scaling(door, 
         torch.testing.assert_close(ours, comfys, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_self_generated_samples_are_comfyuis_euler_sampler_on_the_flow_schedule(door, sd3, cfg):
+    """Euler steps in noise space are Euler steps of the flow ODE (the two parameterisations give the same
+    iterates), so the concept samples are what ComfyUI's own euler sampler draws at the same sigmas."""
+    import comfy.sample
+    import comfy.samplers
+    model, clip = sd3
+    config = SampleConfig(samples_per_prompt=1, steps=4, width=64, height=64, cfg=cfg)
+    forget = door.models.encode_prompts(model, clip, [FORGET], 64, 64, "forget_prompts")
+    empty = door.models.encode_prompts(model, clip, [""], 64, 64, "the empty prompt")
+    with door.session.denoiser_session(model) as denoiser:
+        ours = generate_samples(denoiser, forget, empty, config, seed=0).latents
+        levels = sampling_sigmas(denoiser, config.steps)
+    flow_sigmas = levels / (1 + levels)
+    noise = torch.randn(ours.shape, generator=torch.Generator().manual_seed(0))  # the draw generate_samples makes
+    with torch.inference_mode():
+        positive = dit_comfy_encode(clip, FORGET)
+        negative = dit_comfy_encode(clip, "")
+        empty_latent = model.model.process_latent_out(torch.zeros_like(noise))  # zero in the model's own space
+        drawn = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), flow_sigmas,
+                                           positive, negative, empty_latent, disable_pbar=True, seed=0)
+    theirs = model.model.process_latent_in(drawn.float())
+    assert ours.abs().mean() > 0.1
+    # float32 rounding at the first level (sigma near 3000) leaves differences of a few 1e-4
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
+
+
+def dit_comfy_encode(clip, text):
+    """CONDITIONING as the stock CLIPTextEncode node makes it."""
+    import nodes
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
 @pytest.fixture(scope="module")
 def trained(door, family):
     """A full SPARE run (samples → saliency → timesteps → distillation) through the core on each family."""
@@ -135,26 +168,9 @@ def test_base_weights_are_bit_identical_after_training(trained):
 def test_erasure_closes_the_forget_gap_and_keeps_retained_prompts(door, trained):
     name, model, prompts, forget, retain, _, result = trained
     erased = door.patches.apply_adapter(model, ErasureAdapter(result.state_dict, {"base_model": name}), 1.0)
-    # Held out: noise and timesteps never seen in training (their own generator, uniform over the schedule).
-    generator = torch.Generator().manual_seed(12345)
-    forget_x0, retain_x0 = forget.latents.repeat(4, 1, 1, 1), retain.latents.repeat(4, 1, 1, 1)
-    noise = torch.randn(forget_x0.shape, generator=generator)
-    with door.session.denoiser_session(model) as denoiser:
-        steps = denoiser.num_timesteps
-    indices = torch.randint(0, steps, (forget_x0.shape[0],), generator=generator)
-
-    teacher_forget = predict(door, model, forget_x0, noise, indices, prompts.forget)
-    teacher_surrogate = predict(door, model, forget_x0, noise, indices, prompts.surrogate)
-    student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
-    teacher_retain = predict(door, model, retain_x0, noise, indices, prompts.retain)
-    student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
-
-    initial_gap = (teacher_forget - teacher_surrogate).norm()
-    remaining_gap = (student_forget - teacher_surrogate).norm()
-    retain_drift = (student_retain - teacher_retain).norm()
-    assert remaining_gap <= 0.30 * initial_gap, f"{name}: forget gap only fell from {initial_gap:.4f} to " \
-                                                f"{remaining_gap:.4f}"
-    assert retain_drift <= 0.10 * initial_gap, f"{name}: retain drift {retain_drift:.4f} vs gap {initial_gap:.4f}"
+    measured = held_out_gap(door, model, erased, prompts, forget, retain)
+    assert measured.remaining_gap <= 0.30, f"{name}: {measured}"
+    assert measured.retain_drift <= 0.10, f"{name}: {measured}"
 
 
 def test_training_forward_equals_the_stock_lora_loader_on_the_saved_file(dit_comfy, door, trained):
@@ -230,10 +246,9 @@ def test_sd35_erasure_through_the_executor_then_stock_loader_apply_and_remove(di
     assert torch.equal(latent["13"], latent["11"])                            # Remove restores the base exactly
 
 
+@pytest.mark.parametrize("family", ["flux"], indirect=True)
 def test_a_flux_adapter_on_sdxl_is_refused_with_the_count_of_unmatched_modules(dit_comfy, door, trained, small_sdxl):
-    name, _, _, _, _, _, result = trained
-    if name != "flux":
-        pytest.skip("one family is enough for this refusal")
+    result = trained[-1]
     adapter = ErasureAdapter(result.state_dict, {"base_model": "flux"})
     count = len(adapter.module_stems)
     with pytest.raises(ValueError, match=rf"{count} of {count} modules did not match .* made for flux, this model "

@@ -137,14 +137,15 @@ def saliency_chart(result: SaliencyMap) -> torch.Tensor:
     selected_blocks = {block_of(name) for name in result.selected}
     names = list(blocks)
     return charts.bar_chart([blocks[n] for n in names], [_short_block(n) for n in names],
-                            f"saliency per UNet block ({len(result.selected)} modules kept, "
+                            f"saliency per block ({len(result.selected)} modules kept, "
                             f"orange = holds kept modules)",
                             [n in selected_blocks for n in names])
 
 
 def _short_block(name: str) -> str:
     for long, short in (("input_blocks.", "in "), ("middle_block.", "mid "), ("output_blocks.", "out "),
-                        ("time_embed.", "time "), ("label_emb.", "label ")):
+                        ("time_embed.", "time "), ("label_emb.", "label "), ("double_blocks.", "double "),
+                        ("single_blocks.", "single "), ("joint_blocks.", "joint ")):
         if name.startswith(long):
             return short + name[len(long):]
     return name
