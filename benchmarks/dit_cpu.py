@@ -9,8 +9,11 @@ model's inputs by ComfyUI's own extra_conds. Needs ComfyUI 0.3.x (COMFYUI_PATH).
 figure here is asserted anywhere.
 
 The layer comparison is a dev split of its own: model and prompt seeds 0, 1 and 2, the held-out measure of
-tests/test_dit.py (noise and timesteps never seen in training). It says what adapting the embedders does on
-random-weight models; a real checkpoint may differ, which docs/benchmarks.md says beside the figures.
+tests/test_dit.py (noise and timesteps never seen in training): the distance left to the training target (the
+surrogate overshot by the default 1.0), as a share of the distance at the start, and the retain drift; beside
+them the trainer's own final erasure check (share of the gap closed, retain drift, on its fixed held-out draws).
+It says what adapting the embedders does on random-weight models; a real checkpoint may differ, which
+docs/benchmarks.md says beside the figures.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ def main() -> int:
     from devkit.erasure import held_out_gap
     from spare_core import comfyui as door
     from spare_core.adapter import ErasureAdapter
+    from spare_core.config import TrainConfig
 
     figures = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
                           f"Python {platform.python_version()}, CPU only",
@@ -133,7 +137,8 @@ def main() -> int:
 
     variants = {"every Linear": lambda groups: None,
                 "without input embedders and final layer": lambda groups: (lambda n: n.split(".")[0] not in groups)}
-    print(f"\n{'family':<6} {'seed':>4} {'layers':<42} {'modules':>7} {'gap left':>9} {'retain drift':>13} {'MB':>6}")
+    print(f"\n{'family':<6} {'seed':>4} {'layers':<42} {'modules':>7} {'gap left':>9} {'retain drift':>13} "
+          f"{'check:closed':>8} {'drift':>8} {'MB':>6}")
     for family in ("sd3", "flux"):
         figures["layers"][family] = {}
         for variant, keep_for in variants.items():
@@ -144,15 +149,21 @@ def main() -> int:
                 run = one_erasure(door, model, prompts, args.steps, seed, keep_for(INPUT_AND_FINAL_LAYERS[family]))
                 adapter = ErasureAdapter(run["result"].state_dict, {"base_model": family})
                 erased = door.patches.apply_adapter(model, adapter, 1.0)
-                measured = held_out_gap(door, model, erased, prompts, run["forget"], run["retain"])
+                measured = held_out_gap(door, model, erased, prompts, run["forget"], run["retain"],
+                                        overshoot=TrainConfig().overshoot)
+                check = run["result"].final_check
                 size_mb = sum(t.numel() * t.element_size() for t in adapter.tensors.values()) / 2 ** 20
                 rows.append({"seed": seed, "modules": run["modules"], **dataclasses.asdict(measured),
+                             "check_gap_closed": check.gap_closed, "check_retain_drift": check.retain_drift,
                              "adapter_mb": round(size_mb, 3)})
                 print(f"{family:<6} {seed:>4} {variant:<42} {run['modules']:>7} {measured.remaining_gap:>9.4f} "
-                      f"{measured.retain_drift:>13.4f} {size_mb:>6.2f}")
-            mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in ("remaining_gap", "retain_drift")}
+                      f"{measured.retain_drift:>13.4f} {check.gap_closed:>8.4f} {check.retain_drift:>8.4f} "
+                      f"{size_mb:>6.2f}")
+            mean = {k: round(sum(r[k] for r in rows) / len(rows), 4)
+                    for k in ("remaining_gap", "retain_drift", "check_gap_closed", "check_retain_drift")}
             figures["layers"][family][variant] = {"seeds": rows, "mean": mean}
-            print(f"{family:<6} mean {variant:<42} {'':>7} {mean['remaining_gap']:>9.4f} {mean['retain_drift']:>13.4f}")
+            print(f"{family:<6} mean {variant:<42} {'':>7} {mean['remaining_gap']:>9.4f} {mean['retain_drift']:>13.4f} "
+                  f"{mean['check_gap_closed']:>8.4f} {mean['check_retain_drift']:>8.4f}")
             if args.json:  # written as each variant finishes, so a stopped run still leaves figures
                 args.json.write_text(json.dumps(figures, indent=2) + "\n")
     if args.json:

@@ -34,16 +34,18 @@ def predict(door, model, latents, noise, indices, cond: Conditioning) -> torch.T
 
 @dataclass(frozen=True)
 class HeldOutGap:
-    """Forget gap and retain drift on held-out draws, as shares of the initial forget gap ‖eps(c_f) − eps(c_s)‖."""
+    """On held-out draws: the distance left from the erased forget prediction to the training target, as a share
+    of the base model's (1 + overshoot)·‖eps(c_f) − eps(c_s)‖, and the retain drift as a share of that gap."""
 
     remaining_gap: float
     retain_drift: float
 
 
-def held_out_gap(door, model, erased, prompts: Prompts, forget, retain, seed: int = 12345,
+def held_out_gap(door, model, erased, prompts: Prompts, forget, retain, overshoot: float = 0.0, seed: int = 12345,
                  repeats: int = 4) -> HeldOutGap:
-    """How far ``erased`` moved the forget prediction to the surrogate's and how far its retain prediction drifted,
-    against ``model``, on noise and timesteps (uniform over the schedule) never seen in training."""
+    """How far ``erased`` moved the forget prediction to its training target (the surrogate's prediction, overshot
+    past it by ``overshoot`` as the trainer does) and how far its retain prediction drifted, against ``model``, on
+    noise and timesteps (uniform over the schedule) never seen in training."""
     generator = torch.Generator().manual_seed(seed)
     forget_x0, retain_x0 = forget.latents.repeat(repeats, 1, 1, 1), retain.latents.repeat(repeats, 1, 1, 1)
     noise = torch.randn(forget_x0.shape, generator=generator)
@@ -55,6 +57,7 @@ def held_out_gap(door, model, erased, prompts: Prompts, forget, retain, seed: in
     student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
     teacher_retain = predict(door, model, retain_x0, noise, indices, prompts.retain)
     student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
-    initial = float((teacher_forget - teacher_surrogate).norm())
-    return HeldOutGap(float((student_forget - teacher_surrogate).norm()) / initial,
-                      float((student_retain - teacher_retain).norm()) / initial)
+    target = teacher_surrogate + overshoot * (teacher_surrogate - teacher_forget)
+    gap = float((teacher_forget - teacher_surrogate).norm())
+    return HeldOutGap(float((student_forget - target).norm()) / ((1 + overshoot) * gap),
+                      float((student_retain - teacher_retain).norm()) / gap)

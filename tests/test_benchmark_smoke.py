@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,19 @@ def test_speed_levers_smoke(tmp_path):
     for name in ("default", "gradient_checkpointing", "adamw_foreach", "default_again", "dtype_bf16"):
         assert rows[name]["seconds_per_step"] > 0 and rows[name]["peak_memory_gb"] > 0, name
     assert [rows[f"samples_{n}_steps"]["sampling_steps"] for n in (8, 50)] == [8, 50]
+
+
+def test_dit_cpu_benchmark_smoke(tmp_path, comfy):
+    import comfy.model_base as model_base  # (the name comfy is the fixture here)
+    if not hasattr(model_base, "Flux"):
+        pytest.skip("this ComfyUI (2024-03) has no Flux or SD3 models; benchmarks/dit_cpu.py needs ComfyUI 0.3.x")
+    out = tmp_path / "dit_cpu.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "dit_cpu.py"), "--steps", "2", "--json", str(out)],
+                   check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
+    results = json.loads(out.read_text())
+    assert {"machine", "date", "command", "speed", "layers"} <= results.keys()
+    assert set(results["speed"]) == {"sd1", "sd3", "flux"}
+    for family in ("sd3", "flux"):
+        every, trimmed = (results["layers"][family][k]["seeds"] for k in ("every Linear",
+                                                                           "without input embedders and final layer"))
+        assert len(every) == 3 and all(t["modules"] < e["modules"] for e, t in zip(every, trimmed, strict=True))
