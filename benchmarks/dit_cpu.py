@@ -1,11 +1,11 @@
-"""Flux.1 and SD3.5 at reduced size on a CPU: time per stage of one erasure beside SD1.5's, and which of a DiT's
+"""Flux.1, SD3.5, Lumina 2 and Z-Image at reduced size on a CPU: time per stage of one erasure beside SD1.5's, and which of a DiT's
 layers to adapt (every Linear, or all but the input embedders and the final layer), measured.
 
     python benchmarks/dit_cpu.py --json docs/results/dit_cpu.json
 
 The models are random-weight, in each family's layout (devkit.model_factory: SD3.5 MMDiT at depth 2, width 128;
-Flux.1-dev at width 64; SD1.5 at 64 channels) and are driven with random CLIP-scale prompt tensors made into each
-model's inputs by ComfyUI's own extra_conds. Needs ComfyUI 0.3.x (COMFYUI_PATH). A benchmark, not a test: no
+Flux.1-dev at width 64; Lumina 2 at width 64 and Z-Image at 256, with 32-wide caption features; SD1.5 at 64
+channels) and are driven with random prompt tensors made into each model's inputs by ComfyUI's own extra_conds. Needs ComfyUI 0.3.x (COMFYUI_PATH). A benchmark, not a test: no
 figure here is asserted anywhere.
 
 The layer comparison is a dev split of its own: model and prompt seeds 0, 1 and 2, the held-out measure of
@@ -42,7 +42,11 @@ SEEDS = (0, 1, 2)
 INPUT_AND_FINAL_LAYERS = {
     "flux": ("img_in", "time_in", "vector_in", "guidance_in", "txt_in", "final_layer"),
     "sd3": ("x_embedder", "t_embedder", "y_embedder", "context_embedder", "final_layer"),
+    "lumina2": ("x_embedder", "t_embedder", "cap_embedder", "final_layer"),
+    "z_image": ("x_embedder", "t_embedder", "cap_embedder", "final_layer"),
 }
+# Lumina 2's text encoders do not pad: prompts of different lengths, as they give them.
+UNPADDED_LENGTHS = (7, 5, 9, 1)
 
 
 def build(family: str, seed: int, comfy):
@@ -50,6 +54,8 @@ def build(family: str, seed: int, comfy):
         return model_factory.small_flux_model(seed=seed)
     if family == "sd1":
         return model_factory.small_sd15_model(seed=seed)
+    if family in ("lumina2", "z_image"):
+        return model_factory.small_lumina2_model(seed=seed, z_image=family == "z_image")
     path = model_factory.build_sd3_diffusion_model(comfy.folder("diffusion_models") / f"dit_cpu_sd3_{seed}.safetensors",
                                                    seed=seed)
     with torch.inference_mode():
@@ -62,13 +68,15 @@ def prompts_for(door, model, seed: int):
     generator = torch.Generator().manual_seed(seed)
     context_width, pooled_width = door.models.text_widths(model)
 
-    def one():
-        context = torch.randn(1, 77, context_width, generator=generator)
-        if door.models.model_family(model) == "sd1":
+    family = door.models.model_family(model)
+
+    def one(length):
+        context = torch.randn(1, length if family == "lumina2" else 77, context_width, generator=generator)
+        if family == "sd1":
             return Conditioning(context)
-        pooled = torch.randn(1, pooled_width, generator=generator)
+        pooled = None if pooled_width is None else torch.randn(1, pooled_width, generator=generator)
         return door.models.conditioning_from_tensors(model, context, pooled, width=64, height=64)
-    return Prompts(one(), one(), one(), one())
+    return Prompts(*(one(length) for length in UNPADDED_LENGTHS))
 
 
 def parameter_count(model) -> int:
@@ -125,7 +133,7 @@ def main() -> int:
                "steps": args.steps, "speed": {}, "layers": {}}
 
     print(f"{'family':<6} {'params':>9} {'samples s':>10} {'timesteps s':>12} {'training s':>11} {'steps/s':>8}")
-    for family in ("sd1", "sd3", "flux"):
+    for family in ("sd1", "sd3", "flux", "lumina2", "z_image"):
         model = build(family, 0, comfy)
         run = one_erasure(door, model, prompts_for(door, model, 0), args.steps, seed=0)
         row = {"parameters": parameter_count(model), "adapted_modules": run["modules"],
@@ -139,7 +147,7 @@ def main() -> int:
                 "without input embedders and final layer": lambda groups: (lambda n: n.split(".")[0] not in groups)}
     print(f"\n{'family':<6} {'seed':>4} {'layers':<42} {'modules':>7} {'gap left':>9} {'retain drift':>13} "
           f"{'check:closed':>8} {'drift':>8} {'MB':>6}")
-    for family in ("sd3", "flux"):
+    for family in ("sd3", "flux", "lumina2", "z_image"):
         figures["layers"][family] = {}
         for variant, keep_for in variants.items():
             rows = []

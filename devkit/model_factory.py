@@ -192,3 +192,24 @@ def build_clip_l(path: Path, seed: int = 0) -> Path:
     state = clip_l_state(seed)
     save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in state.items()}, str(path))
     return path
+
+
+# Lumina 2's NextDiT (caption and noise refiners, then joint blocks over caption + image tokens) at width 64, built
+# with ComfyUI's class (detection fixes it at 2304 wide, or 3840 for Z-Image). Caption features 32 wide stand in for
+# Gemma 2 2B's 2304 (Z-Image: Qwen3 4B's 2560), which no CI machine can run; z_image=True gives Z-Image's
+# modulation and time scale on the same layout, at width 256 (its modulation takes a 256-wide time embedding in).
+LUMINA2_DIT = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 64, "cap_feat_dim": 32, "n_layers": 1,
+    "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "axes_dims": [8, 12, 12], "axes_lens": [300, 512, 512],
+    "qk_norm": True, "rope_theta": 10000.0, "ffn_dim_multiplier": 4.0, "multiple_of": 16,
+}
+
+
+def small_lumina2_model(seed: int = 0, z_image: bool = False):
+    """A MODEL with Lumina 2's architecture at width 64, or Z-Image's (the same layout) at width 256."""
+    import comfy.supported_models
+    config = copy.deepcopy(LUMINA2_DIT)
+    if z_image:
+        config.update(z_image_modulation=True, time_scale=1000.0, rope_theta=256.0, dim=256, n_heads=8, n_kv_heads=8)
+        return _patched_model(comfy.supported_models.ZImage(config), seed)
+    return _patched_model(comfy.supported_models.Lumina2(config), seed)

@@ -14,12 +14,17 @@ from typing import Callable, Mapping
 
 import torch
 
+# The per-row input giving each row's own context length, for families whose text encoders do not pad (Lumina 2 /
+# Z-Image): rows of different lengths are batched zero-padded and the model sees each without its padding.
+TOKEN_COUNT = "num_tokens"
+
 
 @dataclass(frozen=True)
 class Conditioning:
     """Text conditioning for N prompts: the cross-attention context (N, L, D) and the model's other per-prompt
     inputs by the name its forward takes them (``y``: SDXL's ADM vector, Flux's and SD3's pooled text;
-    ``guidance``: Flux's guidance strength), each with N rows."""
+    ``guidance``: Flux's guidance strength; ``num_tokens``: each row's context length where they differ), each
+    with N rows."""
 
     context: torch.Tensor
     extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
@@ -44,18 +49,23 @@ class Conditioning:
     def to(self, device, dtype) -> "Conditioning":
         # Always copies: tensors made under ComfyUI's inference_mode cannot enter an autograd graph.
         return Conditioning(self.context.to(device=device, dtype=dtype, copy=True),
-                            {name: t.to(device=device, dtype=dtype, copy=True) for name, t in self.extra.items()})
+                            {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+                             for name, t in self.extra.items()})
 
     @staticmethod
     def cat(parts: "list[Conditioning]") -> "Conditioning":
-        lengths = {p.context.shape[1] for p in parts}
-        if len(lengths) > 1:
-            # Prompts over 77 tokens give longer contexts; zero-padding would change attention, so refuse.
-            raise ValueError(f"cannot batch conditionings of different token lengths {sorted(lengths)}")
         names = {frozenset(p.extra) for p in parts}
         if len(names) > 1:
             raise ValueError(f"cannot batch conditionings with different model inputs {sorted(map(sorted, names))}")
-        return Conditioning(torch.cat([p.context for p in parts]),
+        lengths = {p.context.shape[1] for p in parts}
+        contexts = [p.context for p in parts]
+        if len(lengths) > 1 and TOKEN_COUNT not in parts[0].extra:
+            # Prompts over 77 tokens give longer CLIP contexts; zero-padding would change attention, so refuse.
+            raise ValueError(f"cannot batch conditionings of different token lengths {sorted(lengths)}")
+        if len(lengths) > 1:  # rows that carry their own token counts: the padding is cut off before the model
+            longest = max(lengths)
+            contexts = [torch.nn.functional.pad(c, (0, 0, 0, longest - c.shape[1])) for c in contexts]
+        return Conditioning(torch.cat(contexts),
                             {name: torch.cat([p.extra[name] for p in parts]) for name in parts[0].extra})
 
 

@@ -51,8 +51,8 @@ def test_dit_cpu_benchmark_smoke(tmp_path, comfy):
                    check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
     results = json.loads(out.read_text())
     assert {"machine", "date", "command", "speed", "layers"} <= results.keys()
-    assert set(results["speed"]) == {"sd1", "sd3", "flux"}
-    for family in ("sd3", "flux"):
+    assert set(results["speed"]) == {"sd1", "sd3", "flux", "lumina2", "z_image"}
+    for family in ("sd3", "flux", "lumina2", "z_image"):
         every, trimmed = (results["layers"][family][k]["seeds"] for k in ("every Linear",
                                                                            "without input embedders and final layer"))
         assert len(every) == 3 and all(t["modules"] < e["modules"] for e, t in zip(every, trimmed, strict=True))

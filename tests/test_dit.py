@@ -1,13 +1,16 @@
 """Flux.1 and SD3.5 (DiT, flow matching) on ComfyUI 0.3.x: erasure through the executor, the stock LoRA loaders on
 the saved file, Remove, untouched base weights, and the forget gap on held-out draws.
 
-The models are random-weight and tiny, in each family's layout (devkit.model_factory):
+The models are random-weight and tiny, in each family's layout (devkit.model_factory), and the tests skip on the
+2024 ComfyUI, which has none of these families:
 - SD3.5's MMDiT at depth 2 is a file in models/diffusion_models that the stock UNETLoader detects; its text
   conditioning comes from a CLIP-L-shaped encoder loaded by the stock CLIPLoader as an sd3 text encoder, which pads
   its outputs to SD3's widths (context 4096, pooled 2048), so the Train node encodes real prompts;
 - Flux.1-dev's layout is built with ComfyUI's Flux class at width 64 (detection fixes Flux at 3072 wide), with
-  CLIP-L-wide text inputs so that the same CLIP-L file, loaded as a plain CLIP, drives it.
-T5-XXL (4.7 B parameters) cannot be built on a CI machine, hence CLIP-L in both.
+  CLIP-L-wide text inputs so that the same CLIP-L file, loaded as a plain CLIP, drives it;
+- Lumina 2's NextDiT (and Z-Image's variant of it) is built with ComfyUI's class at width 64 (256) with 32-wide
+  caption features, driven with conditioning tensors of unpadded, differing lengths as its text encoders give them.
+T5-XXL (4.7 B parameters), Gemma 2 2B and Qwen3 4B cannot be built on a CI machine, hence CLIP-L or tensors.
 """
 
 import json
@@ -20,6 +23,7 @@ from devkit import model_factory
 from devkit.erasure import Prompts, held_out_gap, predict
 from spare_core.adapter import ErasureAdapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.denoiser import Conditioning
 from spare_core.lora import SparseLoRASet
 from spare_core.saliency import compute_saliency
 from spare_core.samples import generate_samples, sampling_sigmas
@@ -60,31 +64,48 @@ def flux(dit_comfy):
     return model_factory.small_flux_model(seed=0), clip
 
 
-@pytest.fixture(scope="module", params=["sd3", "flux"])
+@pytest.fixture(scope="module")
+def lumina2(dit_comfy):
+    return model_factory.small_lumina2_model(seed=0), None
+
+
+@pytest.fixture(scope="module")
+def z_image(dit_comfy):
+    return model_factory.small_lumina2_model(seed=0, z_image=True), None
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux", "lumina2", "z_image"])
 def family(request):
+    """(name, (MODEL, CLIP or None)): Lumina 2 and Z-Image are driven with tensors only (see the module doc)."""
     return request.param, request.getfixturevalue(request.param)
+
+
+# Lumina 2's text encoders do not pad: each prompt has its own length, and the rows are batched zero-padded.
+UNPADDED_LENGTHS = (7, 5, 9, 1)
 
 
 def random_prompts(door, model, seed: int) -> Prompts:
     """Four unrelated prompts as text-encoder-scale tensors, made into the model's inputs by ComfyUI's own
-    extra_conds (pooled vector, Flux's guidance)."""
+    extra_conds (pooled vector, Flux's guidance, Lumina 2's token count)."""
     generator = torch.Generator().manual_seed(seed)
     context_width, pooled_width = door.models.text_widths(model)
+    unpadded = door.models.model_family(model) == "lumina2"
 
-    def one():
-        context = torch.randn(1, 77, context_width, generator=generator)
-        pooled = torch.randn(1, pooled_width, generator=generator)
+    def one(length):
+        context = torch.randn(1, length if unpadded else 77, context_width, generator=generator)
+        pooled = None if pooled_width is None else torch.randn(1, pooled_width, generator=generator)
         return door.models.conditioning_from_tensors(model, context, pooled, width=64, height=64)
-    return Prompts(one(), one(), one(), one())
+    return Prompts(*(one(length) for length in UNPADDED_LENGTHS))
 
 
 def test_families_are_recognised_with_their_flow_schedules_and_inputs(door, family):
     name, (model, clip) = family
-    assert door.models.model_family(model) == name
+    assert door.models.model_family(model) == ("lumina2" if name == "z_image" else name)
     assert door.models.native_resolution(model) == 1024
-    cond = door.models.encode_prompts(model, clip, [FORGET, RETAIN], 64, 64, "forget_prompts")
     width, pooled = door.models.text_widths(model)
-    assert cond.context.shape == (2, 77, width) and cond.extra["y"].shape == (2, pooled)
+    if clip is not None:
+        cond = door.models.encode_prompts(model, clip, [FORGET, RETAIN], 64, 64, "forget_prompts")
+        assert cond.context.shape == (2, 77, width) and cond.extra["y"].shape == (2, pooled)
     if name == "flux":
         assert cond.extra["guidance"].tolist() == [3.5, 3.5], "Flux-dev's default guidance from extra_conds"
         assert door.models.sample_guidance_scale(model) == 1.0
@@ -93,6 +114,23 @@ def test_families_are_recognised_with_their_flow_schedules_and_inputs(door, fami
         assert torch.isfinite(levels).all() and bool((levels[1:] >= levels[:-1]).all())
         assert levels[-1] > 1000, "the flow schedule's pure-noise end is a very large noise level"
         assert denoiser.blocks, "gradient checkpointing knows this family's transformer blocks"
+
+
+@pytest.mark.parametrize("name", ["lumina2", "z_image"])
+def test_prompts_of_different_lengths_batch_as_if_each_ran_alone(door, request, name):
+    model, _ = request.getfixturevalue(name)
+    prompts = random_prompts(door, model, seed=4)
+    both = Conditioning.cat([prompts.forget, prompts.uncond])
+    assert both.context.shape[1] == UNPADDED_LENGTHS[0] and both.extra["num_tokens"].tolist() == [7, 1]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 8, 8, generator=generator)
+    with door.session.denoiser_session(model) as denoiser, torch.no_grad():
+        sigma = denoiser.sigmas[torch.tensor([100, 900])]
+        together = denoiser.predict_noise(x, sigma, both)
+        alone = torch.cat([denoiser.predict_noise(x[:1], sigma[:1], prompts.forget),
+                           denoiser.predict_noise(x[1:], sigma[1:], prompts.uncond)])
+    assert together.abs().mean() > 0.1
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
 
 
 def test_flow_noise_levels_are_the_same_process_as_comfyuis_noise_scaling(door, sd3):
@@ -145,7 +183,8 @@ def dit_comfy_encode(clip, text):
 @pytest.fixture(scope="module")
 def trained(door, family):
     """A full SPARE run (samples → saliency → timesteps → distillation) through the core on each family."""
-    name, (model, _) = family
+    model = family[1][0]
+    name = door.models.model_family(model)
     prompts = random_prompts(door, model, seed=1)
     snapshot = unet_snapshot(model)
     with door.session.denoiser_session(model) as denoiser:

@@ -10,14 +10,14 @@ import comfy.model_base
 import comfy.model_management
 import torch
 
-from ..denoiser import Conditioning
+from ..denoiser import TOKEN_COUNT, Conditioning
 
 SUPPORTED_MODELS = ("SD1.x, SD2.x (epsilon or v-prediction) and SDXL; on ComfyUI 0.3 or newer also Flux.1 (dev, "
-                    "schnell) and SD3 / SD3.5")
+                    "schnell), SD3 / SD3.5 and Lumina 2 / Z-Image")
 
 # Families whose conditioning and noise schedule come from ComfyUI's own machinery for the model (extra_conds,
 # flow-matching model_sampling) rather than from the SD-specific code below.
-DIT_FAMILIES = ("flux", "sd3")
+DIT_FAMILIES = ("flux", "sd3", "lumina2")
 
 # The text encoders each family's CLIP input must come from, for the error a mismatched CLIP gets.
 TEXT_ENCODERS = {
@@ -26,12 +26,13 @@ TEXT_ENCODERS = {
     "sdxl": "CLIP-L + CLIP-G (the SDXL checkpoint's own CLIP)",
     "flux": "CLIP-L + T5-XXL (DualCLIPLoader, type flux)",
     "sd3": "CLIP-L + CLIP-G + T5-XXL (TripleCLIPLoader; or fewer with CLIPLoader / DualCLIPLoader, type sd3)",
+    "lumina2": "Gemma 2 2B for Lumina 2, Qwen3 4B for Z-Image (CLIPLoader, type lumina2)",
 }
 
 
 def _dit_family(base) -> Optional[str]:
     # Exact classes: Flux's subclasses (Chroma, Flux 2, Kontext-style edits) take other inputs and are refused.
-    for family, class_name in (("flux", "Flux"), ("sd3", "SD3")):
+    for family, class_name in (("flux", "Flux"), ("sd3", "SD3"), ("lumina2", "Lumina2")):
         model_class = getattr(comfy.model_base, class_name, None)  # absent from the 2024 ComfyUI
         if model_class is not None and type(base) is model_class:
             return family
@@ -39,7 +40,8 @@ def _dit_family(base) -> Optional[str]:
 
 
 def model_family(model) -> str:
-    """'sd1', 'sd2', 'sdxl', 'flux' or 'sd3'; anything else is refused with a message naming what was given."""
+    """'sd1', 'sd2', 'sdxl', 'flux', 'sd3' or 'lumina2' (Lumina 2 and Z-Image); anything else is refused with a
+    message naming what was given."""
     base = getattr(model, "model", None)
     unet = getattr(base, "diffusion_model", None)
     kind = type(base).__name__
@@ -79,11 +81,14 @@ def text_widths(model) -> tuple[Optional[int], Optional[int]]:
         pooled = getattr(unet, "y_embedder", None)
         return (None if context is None else context.in_features,
                 None if pooled is None else pooled.mlp[0].in_features)
+    if family == "lumina2":
+        return unet.cap_embedder[1].in_features, None
     return model.model.model_config.unet_config.get("context_dim"), 1280 if family == "sdxl" else None
 
 
 def native_resolution(model) -> int:
-    """The image side the model was trained at: SD1.x 512, SD2.x 768 (v-prediction) or 512, SDXL, Flux and SD3 1024,
+    """The image side the model was trained at: SD1.x 512, SD2.x 768 (v-prediction) or 512, SDXL and the DiT
+    families (Flux, SD3, Lumina 2 / Z-Image) 1024,
     and 64 for
     the SD1-layout models narrower than SD1.5 that the pack registers (its SynthCanvas demo and test models)."""
     family = model_family(model)
@@ -184,6 +189,13 @@ def _model_inputs(model, encoded: dict, width: int, height: int) -> Conditioning
     inputs = {}
     for name, cond in conds.items():
         value = getattr(cond, "cond", None)
+        if name == TOKEN_COUNT and isinstance(value, int):
+            # Lumina 2's text encoders do not pad, so each prompt keeps its own length (see Conditioning.cat).
+            if value != context.shape[1] or "attention_mask" in conds:
+                raise ValueError(f"this {family} conditioning is padded ({value} of {context.shape[1]} tokens used); "
+                                 f"SPARE needs each prompt encoded on its own, as CLIP Text Encode does")
+            inputs[name] = torch.tensor([value])
+            continue
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"this {family} conditioning carries {name!r} ({type(cond).__name__}), which SPARE cannot "
                              f"batch; remove the node that adds it (e.g. a reference image) before training")

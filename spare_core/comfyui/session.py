@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..denoiser import Conditioning, Denoiser
+from ..denoiser import TOKEN_COUNT, Conditioning, Denoiser
 from .models import latent_channel_count, load_to_device, model_family, model_sampling
 
 # Blocks that add residuals in place (`x += n`) onto tensors their LayerNorms saved for backward, and those norms:
@@ -70,7 +70,8 @@ def _trainable(unet: nn.Module) -> Iterator[None]:
 
 def _checkpoint_blocks(unet: nn.Module) -> tuple:
     """The model's residual and transformer blocks, for gradient checkpointing: SD UNets' openaimodel ResBlock and
-    SpatialTransformer, Flux's double- and single-stream blocks, SD3's MMDiT joint blocks."""
+    SpatialTransformer, Flux's double- and single-stream blocks, SD3's MMDiT joint blocks, Lumina 2's joint
+    transformer blocks (its caption and noise refiners included)."""
     kinds = _block_classes()
     return tuple(m for m in unet.modules() if isinstance(m, kinds))
 
@@ -81,8 +82,9 @@ def _block_classes() -> tuple:
     kinds = [ResBlock, SpatialTransformer]
     try:  # the 2024 ComfyUI has neither
         from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+        from comfy.ldm.lumina.model import JointTransformerBlock
         from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
-        kinds += [DoubleStreamBlock, SingleStreamBlock, JointBlock]
+        kinds += [DoubleStreamBlock, SingleStreamBlock, JointBlock, JointTransformerBlock]
     except ImportError:
         pass
     return tuple(kinds)
@@ -114,17 +116,33 @@ def denoiser_session(model) -> Iterator[Denoiser]:
     device = model.load_device
     flow = _is_flow(sampling)
 
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """ComfyUI's denoised prediction; rows with their own context lengths run in one call per length, each
+        without its padding, as ComfyUI's sampler runs conditionings it cannot concatenate."""
+        if TOKEN_COUNT not in cond.extra:
+            return base.apply_model(x, sigma, c_crossattn=cond.context, **cond.extra).float()
+        counts = cond.extra[TOKEN_COUNT].long().cpu()
+        others = {k: v for k, v in cond.extra.items() if k != TOKEN_COUNT}
+        out = None
+        for count in counts.unique().tolist():
+            rows = (counts == count).nonzero().flatten()
+            on_device = rows.to(x.device)
+            context = cond.context[rows.to(cond.context.device), :count]
+            part = base.apply_model(x[on_device], sigma[on_device], c_crossattn=context, num_tokens=count,
+                                    **{k: v[rows.to(v.device)] for k, v in others.items()}).float()
+            out = part.new_empty((x.shape[0],) + part.shape[1:]) if out is None else out
+            out = out.index_copy(0, on_device, part)
+        return out
+
     def predict_noise(x_t: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         sigma = sigma.view(-1, 1, 1, 1)
         if not flow:
-            denoised = base.apply_model(x_t, sigma.flatten(), c_crossattn=cond.context, **cond.extra)
-            return (x_t - denoised.float()) / sigma
+            return (x_t - denoise(x_t, sigma.flatten(), cond)) / sigma
         # x_t = x_0 + sigma * eps is the flow model's input scaled by 1 / (1 - s), with s = sigma / (1 + sigma).
         s = sigma / (1 + sigma)
         x_flow = x_t / (1 + sigma)
-        denoised = base.apply_model(x_flow, s.flatten(), c_crossattn=cond.context, **cond.extra).float()
         # eps from x_flow = (1 - s) x_0 + s eps; no large terms cancel even where sigma is in the thousands.
-        return (x_flow - (1 - s) * denoised) / s
+        return (x_flow - (1 - s) * denoise(x_flow, s.flatten(), cond)) / s
 
     sigmas = sampling.sigmas.detach().float().cpu().clone()
     if flow:
