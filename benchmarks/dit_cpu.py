@@ -1,12 +1,12 @@
-"""Flux.1, SD3.5, Lumina 2 and Z-Image at reduced size on a CPU: time per stage of one erasure beside SD1.5's, and which of a DiT's
-layers to adapt (every Linear, or all but the input embedders and the final layer), measured.
+"""Flux.1, SD3.5, Lumina 2 and Z-Image at reduced size on a CPU: time per stage of one erasure beside SD1.5's,
+and which of a DiT's layers to adapt (every Linear, or all but the input embedders and the final layer), measured.
 
     python benchmarks/dit_cpu.py --json docs/results/dit_cpu.json
 
 The models are random-weight, in each family's layout (devkit.model_factory: SD3.5 MMDiT at depth 2, width 128;
 Flux.1-dev at width 64; Lumina 2 at width 64 and Z-Image at 256, with 32-wide caption features; SD1.5 at 64
-channels) and are driven with random prompt tensors made into each model's inputs by ComfyUI's own extra_conds. Needs ComfyUI 0.3.x (COMFYUI_PATH). A benchmark, not a test: no
-figure here is asserted anywhere.
+channels) and are driven with random prompt tensors made into each model's inputs by ComfyUI's own extra_conds.
+Needs ComfyUI 0.3.x (COMFYUI_PATH). A benchmark, not a test: no figure here is asserted anywhere.
 
 The layer comparison is a dev split of its own: model and prompt seeds 0, 1 and 2, the held-out measure of
 tests/test_dit.py (noise and timesteps never seen in training): the distance left to the training target (the
