@@ -213,3 +213,12 @@ def small_lumina2_model(seed: int = 0, z_image: bool = False):
         config.update(z_image_modulation=True, time_scale=1000.0, rope_theta=256.0, dim=256, n_heads=8, n_kv_heads=8)
         return _patched_model(comfy.supported_models.ZImage(config), seed)
     return _patched_model(comfy.supported_models.Lumina2(config), seed)
+
+
+def small_wan21_model(seed: int = 0):
+    """A MODEL with Wan 2.1's text-to-video layout at width 64: a family SPARE refuses, for the error tests."""
+    import comfy.supported_models
+    config = {"image_model": "wan2.1", "model_type": "t2v", "dim": 64, "ffn_dim": 128, "num_heads": 2,
+              "num_layers": 1, "in_dim": 16, "out_dim": 16, "text_dim": 32, "freq_dim": 256, "patch_size": (1, 2, 2),
+              "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+    return _patched_model(comfy.supported_models.WAN21_T2V(config), seed)

@@ -37,8 +37,8 @@ SAMPLES_INPUT = ("INT", {"default": SampleConfig().samples_per_prompt, "min": 1,
                          "tooltip": help_text(SampleConfig, "samples_per_prompt")})
 RESOLUTION_INPUT = ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8,
                             "tooltip": "Side in pixels of the square sample images the model draws for itself. 0 = the "
-                                       "model's native size (SD1.x 512, SD2.x 768 or 512, SDXL 1024, the SynthCanvas "
-                                       "demo model 64)."})
+                                       "model's native size (SD1.x 512, SD2.x 768 or 512, SDXL, Flux, SD3 and Lumina 2 "
+                                       "/ Z-Image 1024, the SynthCanvas demo model 64)."})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
                       "tooltip": "Seed for sample latents, noise and adapter initialisation."})
 LATENT_INPUT = ("LATENT", {"tooltip": "Optional: VAE-encoded images of the concept to use instead of self-generated "

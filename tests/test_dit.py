@@ -310,3 +310,11 @@ def test_flux_fill_style_inpainting_models_are_refused_naming_what_is_supported(
     with pytest.raises(ValueError, match=r"inpainting or concat-conditioned Flux model \(96 input channels for 16 "
                                          r"latent channels\); SPARE can train .*Flux.1"):
         door.models.model_family(fill)
+
+
+def test_a_video_model_is_refused_through_the_train_node_naming_what_is_supported(dit_comfy):
+    video = model_factory.small_wan21_model(seed=0)
+    with pytest.raises(ValueError, match=r"model input is a WAN21 \(WAN21_T2V\); SPARE can train SD1.x, .*Flux.1 "
+                                         r"\(dev, schnell\), SD3 / SD3.5 and Lumina 2 / Z-Image"):
+        dit_comfy.node("SpareTrainAdapter").train(video, None, FORGET, SURROGATE, RETAIN, 4, 4.0, 1, 1e-3, 1.0, 1,
+                                                  samples=1, resolution=64, seed=0)

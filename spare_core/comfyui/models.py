@@ -47,6 +47,14 @@ def model_family(model) -> str:
     kind = type(base).__name__
     if base is None or unet is None:
         raise ValueError(f"model input is not a ComfyUI diffusion MODEL (got {type(model).__name__})")
+    family = _dit_family(base)
+    if family is None and type(base) is comfy.model_base.SDXL:
+        family = "sdxl"
+    if family is None and type(base) is comfy.model_base.BaseModel:
+        family = {768: "sd1", 1024: "sd2"}.get(base.model_config.unet_config.get("context_dim"))
+    if family is None:
+        raise ValueError(f"model input is a {kind} ({type(base.model_config).__name__}); SPARE can train "
+                         f"{SUPPORTED_MODELS}")
     # The config's count, not the module's: Flux's module counts channels after 2x2 patching.
     in_channels = base.model_config.unet_config.get("in_channels", getattr(unet, "in_channels", None))
     latent_channels = latent_channel_count(base)
@@ -54,19 +62,7 @@ def model_family(model) -> str:
         raise ValueError(f"model input is an inpainting or concat-conditioned {kind} model ({in_channels} input "
                          f"channels for {latent_channels} latent channels); SPARE can train {SUPPORTED_MODELS} "
                          f"text-to-image models")
-    dit = _dit_family(base)
-    if dit is not None:
-        return dit
-    if type(base) is comfy.model_base.SDXL:
-        return "sdxl"
-    if type(base) is comfy.model_base.BaseModel:
-        context_dim = base.model_config.unet_config.get("context_dim")
-        if context_dim == 768:
-            return "sd1"
-        if context_dim == 1024:
-            return "sd2"
-    raise ValueError(f"model input is a {kind} ({type(base.model_config).__name__}); SPARE can train "
-                     f"{SUPPORTED_MODELS}")
+    return family
 
 
 def text_widths(model) -> tuple[Optional[int], Optional[int]]:
