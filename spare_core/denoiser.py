@@ -102,3 +102,12 @@ class Denoiser:
         sigma for each timestep index. Returns (x_t, sigma)."""
         sigma = self.sigmas.float().cpu()[timesteps].to(x0.device)
         return x0 + sigma.view(-1, 1, 1, 1) * noise, sigma
+
+
+def flow_sigmas_as_noise_levels(flow_sigmas: torch.Tensor) -> torch.Tensor:
+    """A flow schedule s as the noise levels s / (1 - s) of x_0 + sigma * eps (the same process, rescaled by
+    1 / (1 - s)). Its top entry, s = 1 (pure noise, sigma infinite), takes the largest finite level of the schedule."""
+    s = flow_sigmas.detach().double().cpu()
+    below_one = s[s < 1]
+    s = s.clamp(max=float(below_one.max()))
+    return (s / (1 - s)).float()

@@ -147,13 +147,13 @@ def test_flow_noise_levels_are_the_same_process_as_comfyuis_noise_scaling(door, 
         torch.testing.assert_close(ours, comfys, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 4.0])
-def test_self_generated_samples_are_comfyuis_euler_sampler_on_the_flow_schedule(door, sd3, cfg):
+@pytest.mark.parametrize(("name", "cfg"), [("sd3", 1.0), ("sd3", 4.0), ("flux", 1.0)])
+def test_self_generated_samples_are_comfyuis_euler_sampler_on_the_flow_schedule(door, request, name, cfg):
     """Euler steps in noise space are Euler steps of the flow ODE (the two parameterisations give the same
     iterates), so the concept samples are what ComfyUI's own euler sampler draws at the same sigmas."""
     import comfy.sample
     import comfy.samplers
-    model, clip = sd3
+    model, clip = request.getfixturevalue(name)
     config = SampleConfig(samples_per_prompt=1, steps=4, width=64, height=64, cfg=cfg)
     forget = door.models.encode_prompts(model, clip, [FORGET], 64, 64, "forget_prompts")
     empty = door.models.encode_prompts(model, clip, [""], 64, 64, "the empty prompt")
@@ -166,12 +166,16 @@ def test_self_generated_samples_are_comfyuis_euler_sampler_on_the_flow_schedule(
         positive = dit_comfy_encode(clip, FORGET)
         negative = dit_comfy_encode(clip, "")
         empty_latent = model.model.process_latent_out(torch.zeros_like(noise))  # zero in the model's own space
-        drawn = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), flow_sigmas,
-                                           positive, negative, empty_latent, disable_pbar=True, seed=0)
-    theirs = model.model.process_latent_in(drawn.float())
+        def comfyui_draws(sampler_name):
+            drawn = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler_name),
+                                               flow_sigmas, positive, negative, empty_latent, disable_pbar=True, seed=0)
+            return model.model.process_latent_in(drawn.float())
+        theirs, second_order = comfyui_draws("euler"), comfyui_draws("dpmpp_2m")
     assert ours.abs().mean() > 0.1
-    # float32 rounding at the first level (sigma near 3000) leaves differences of a few 1e-4
-    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
+    # float32 rounding in noise space at the top level (sigma about 3000 for SD3, 31600 for Flux) leaves
+    # differences of a few 1e-3 at most; another sampler at the same sigmas lands far further away.
+    torch.testing.assert_close(ours, theirs, atol=5e-3, rtol=0)
+    assert (ours - second_order).abs().max() > 10 * (ours - theirs).abs().max()
 
 
 def dit_comfy_encode(clip, text):
@@ -283,6 +287,18 @@ def test_sd35_erasure_through_the_executor_then_stock_loader_apply_and_remove(di
     torch.testing.assert_close(latent["7"], latent["10"], atol=1e-4, rtol=0)  # stock loader == Apply Erasure
     assert not torch.equal(latent["10"], latent["11"])                        # the erasure changes the output
     assert torch.equal(latent["13"], latent["11"])                            # Remove restores the base exactly
+
+
+def test_apply_then_remove_gives_back_bit_identical_predictions(door, trained):
+    name, model, prompts, forget, _, _, result = trained
+    adapter = ErasureAdapter(result.state_dict, {"base_model": name})
+    applied = door.patches.apply_adapter(model, adapter, 1.0)
+    removed = door.patches.remove_adapter(applied, adapter)
+    noise = torch.randn(forget.latents.shape, generator=torch.Generator().manual_seed(3))
+    indices = torch.tensor([200, 800])[:len(noise)]
+    base = predict(door, model, forget.latents, noise, indices, prompts.forget)
+    assert not torch.equal(predict(door, applied, forget.latents, noise, indices, prompts.forget), base)
+    assert torch.equal(predict(door, removed, forget.latents, noise, indices, prompts.forget), base)
 
 
 @pytest.mark.parametrize("family", ["flux"], indirect=True)

@@ -5,6 +5,7 @@ import torch
 from toy_models import CHANNELS, SIDE, PlantedModules, PlantedTimesteps, ddpm_sigmas, denoiser_for, gate_conditioning
 
 from spare_core.config import SaliencyConfig, TimestepConfig
+from spare_core.denoiser import flow_sigmas_as_noise_levels
 from spare_core.saliency import compute_saliency
 from spare_core.samples import ConceptSamples
 from spare_core.timesteps import select_timesteps
@@ -56,8 +57,15 @@ def test_row_saliency_finds_the_planted_rows(planted):
         assert torch.nonzero(mask).flatten().tolist() == rows
 
 
-def test_timestep_selection_finds_the_planted_range():
-    sigmas = ddpm_sigmas()
+def flow_schedule(shift: float = 3.0, steps: int = 1000) -> torch.Tensor:
+    """SD3's shifted flow-matching schedule s(t) as the noise levels s / (1 - s) the core sees (top level clamped)."""
+    t = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    return flow_sigmas_as_noise_levels(shift * t / (1 + (shift - 1) * t))
+
+
+@pytest.mark.parametrize("schedule", ["ddpm", "flow"])
+def test_timestep_selection_finds_the_planted_range(schedule):
+    sigmas = ddpm_sigmas() if schedule == "ddpm" else flow_schedule()
     denoiser = denoiser_for(PlantedTimesteps(sigmas, low=300, high=500), sigmas)
     forget, surrogate = gate_conditioning([0, 1], 8), gate_conditioning([5], 8)
     result = select_timesteps(denoiser, samples_for(forget), surrogate,

@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..denoiser import TOKEN_COUNT, Conditioning, Denoiser
+from ..denoiser import TOKEN_COUNT, Conditioning, Denoiser, flow_sigmas_as_noise_levels
 from .models import latent_channel_count, load_to_device, model_family, model_sampling
 
 # Blocks that add residuals in place (`x += n`) onto tensors their LayerNorms saved for backward, and those norms:
@@ -95,15 +95,6 @@ def _is_flow(sampling) -> bool:
     import comfy.model_sampling
     flow = getattr(comfy.model_sampling, "CONST", None)
     return flow is not None and isinstance(sampling, flow)
-
-
-def flow_sigmas_as_noise_levels(flow_sigmas: torch.Tensor) -> torch.Tensor:
-    """A flow schedule s as the noise levels s / (1 - s) of x_0 + sigma * eps (the same process, rescaled by
-    1 / (1 - s)). Its top entry, s = 1 (pure noise, sigma infinite), takes the largest finite level of the schedule."""
-    s = flow_sigmas.detach().double().cpu()
-    below_one = s[s < 1]
-    s = s.clamp(max=float(below_one.max()))
-    return (s / (1 - s)).float()
 
 
 @contextlib.contextmanager
