@@ -81,6 +81,8 @@ class Denoiser:
     sigmas: the model's own noise schedule, ascending, one entry per training timestep.
     blocks: the UNet's residual and transformer blocks, the units gradient checkpointing recomputes
     (empty where the ComfyUI session does not know the architecture's blocks).
+    blocks_modify_inputs: the blocks add residuals in place onto their own inputs (Flux), so a recomputed block
+    must run on copies of them.
     """
 
     unet: torch.nn.Module
@@ -91,6 +93,7 @@ class Denoiser:
     dtype: torch.dtype
     family: str = "unknown"
     blocks: tuple = ()
+    blocks_modify_inputs: bool = False
 
     @property
     def num_timesteps(self) -> int:

@@ -92,17 +92,31 @@ def _predict(denoiser: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor,
     return list(denoiser.predict_noise(x_t, sigma, cond).float().split(sizes))
 
 
+def _on_copies(forward):
+    """``forward`` run on copies of its tensor inputs. The inputs of a checkpointed block are what backward
+    recomputes it from, and Flux's blocks add their residuals in place onto their inputs (``img += ...``); the
+    copies live only inside the recomputed region."""
+    def copy(value):
+        return value.clone() if isinstance(value, torch.Tensor) else value
+
+    def run(*args, **kwargs):
+        return forward(*map(copy, args), **{name: copy(value) for name, value in kwargs.items()})
+    return run
+
+
 @contextlib.contextmanager
-def recomputed_in_backward(blocks: tuple[nn.Module, ...]):
+def recomputed_in_backward(blocks: tuple[nn.Module, ...], modify_inputs: bool = False):
     """Gradient checkpointing: while gradients are on, each block keeps only its inputs and recomputes its
     activations during backward. Non-reentrant checkpointing runs the adapter hooks again on recompute, so the
-    recomputed block is the one that ran. Teacher passes (no gradients) run the blocks as they are."""
+    recomputed block is the one that ran. Teacher passes (no gradients) run the blocks as they are.
+    ``modify_inputs``: the blocks add residuals in place onto their inputs, so they run on copies."""
     # A forward set on the instance by someone else (another node pack's patch) is wrapped and put back after.
     own_forwards = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
         def run(*args, _forward=block.forward, **kwargs):
             if torch.is_grad_enabled():
-                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+                return checkpoint(_on_copies(_forward) if modify_inputs else _forward, *args, use_reentrant=False,
+                                  **kwargs)
             return _forward(*args, **kwargs)
         block.forward = run
     try:
@@ -265,7 +279,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
     per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape))
     pending: list[_StepDraw] = []
-    with adapters.attached(denoiser.unet), recomputed_in_backward(blocks):
+    with adapters.attached(denoiser.unet), recomputed_in_backward(blocks, denoiser.blocks_modify_inputs):
         for step in range(config.steps):
             if not pending:
                 # Draws for the steps up to the next erasure check (where training may stop), in the order a

@@ -22,10 +22,11 @@ from conftest import assert_bit_identical, unet_snapshot
 from devkit import model_factory
 from devkit.erasure import Prompts, held_out_gap, predict
 from spare_core.adapter import ErasureAdapter, save_adapter
+from spare_core.comfyui import headless
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from spare_core.denoiser import Conditioning
+from spare_core.denoiser import Conditioning, flow_sigmas_as_noise_levels
 from spare_core.lora import SparseLoRASet
-from spare_core.saliency import compute_saliency
+from spare_core.saliency import compute_saliency, every_module
 from spare_core.samples import generate_samples, sampling_sigmas
 from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
@@ -38,11 +39,13 @@ RETAIN = "a photo of a dog"
 SAMPLES = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
 
 
+if not (headless.comfy_root() / "comfy" / "ldm" / "flux").is_dir():
+    pytest.skip("this ComfyUI (2024-03) has no Flux, SD3 or Lumina 2 models; the DiT tests run on ComfyUI 0.3.x",
+                allow_module_level=True)
+
+
 @pytest.fixture(scope="module")
 def dit_comfy(comfy):
-    import comfy.model_base as model_base  # (the name comfy is the fixture here)
-    if not hasattr(model_base, "Flux"):
-        pytest.skip("this ComfyUI (2024-03) has no Flux or SD3 models; the DiT tests run on ComfyUI 0.3.x")
     model_factory.build_sd3_diffusion_model(comfy.folder("diffusion_models") / SD3_FILE, seed=0)
     model_factory.build_clip_l(comfy.folder("text_encoders") / CLIP_L_FILE, seed=3)
     return comfy
@@ -334,3 +337,34 @@ def test_a_video_model_is_refused_through_the_train_node_naming_what_is_supporte
                                          r"\(dev, schnell\), SD3 / SD3.5 and Lumina 2 / Z-Image"):
         dit_comfy.node("SpareTrainAdapter").train(video, None, FORGET, SURROGATE, RETAIN, 4, 4.0, 1, 1e-3, 1.0, 1,
                                                   samples=1, resolution=64, seed=0)
+
+
+def test_a_shift_patched_on_the_model_moves_the_schedule_the_core_sees(door, sd3):
+    """ModelSamplingSD3 / ModelSamplingFlux put a shifted model_sampling on the MODEL as an object patch; the
+    session trains on that schedule, not on the checkpoint's."""
+    model, _ = sd3
+    sampling = door.models.model_sampling(model)
+    shifted = type(sampling)(model.model.model_config)
+    shifted.set_parameters(shift=6.0)
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", shifted)
+    with door.session.denoiser_session(model) as denoiser:
+        checkpoint_levels = denoiser.sigmas
+    with door.session.denoiser_session(patched) as denoiser:
+        patched_levels = denoiser.sigmas
+    assert not torch.equal(checkpoint_levels, patched_levels)
+    torch.testing.assert_close(patched_levels, flow_sigmas_as_noise_levels(shifted.sigmas))
+
+
+def test_gradient_checkpointing_trains_the_same_adapter_on_dit_blocks(door, trained):
+    name, model, prompts, forget, retain, _, _ = trained
+    with door.session.denoiser_session(model) as denoiser:
+        saliency = every_module(denoiser.unet)
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=1), 0)
+        runs = {checkpointing: train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
+                                             TrainConfig(steps=3, learning_rate=1e-2,
+                                                         gradient_checkpointing=checkpointing), seed=0)
+                for checkpointing in (False, True)}
+    assert runs[True].losses == pytest.approx(runs[False].losses, rel=1e-5), name
+    for key, value in runs[False].state_dict.items():
+        torch.testing.assert_close(runs[True].state_dict[key], value, rtol=1e-4, atol=1e-5)

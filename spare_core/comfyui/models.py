@@ -84,9 +84,8 @@ def text_widths(model) -> tuple[Optional[int], Optional[int]]:
 
 def native_resolution(model) -> int:
     """The image side the model was trained at: SD1.x 512, SD2.x 768 (v-prediction) or 512, SDXL and the DiT
-    families (Flux, SD3, Lumina 2 / Z-Image) 1024,
-    and 64 for
-    the SD1-layout models narrower than SD1.5 that the pack registers (its SynthCanvas demo and test models)."""
+    families (Flux, SD3, Lumina 2 / Z-Image) 1024, and 64 for the SD1-layout models narrower than SD1.5 that the
+    pack registers (its SynthCanvas demo and test models)."""
     family = model_family(model)
     if family in ("sdxl",) + DIT_FAMILIES:
         return 1024
@@ -105,7 +104,7 @@ def sample_guidance_scale(model) -> float:
 
 
 def latent_channel_count(base) -> int:
-    """Channels of the model's latent space (4 for SD1.x/2.x/SDXL, 16 for Flux and SD3)."""
+    """Channels of the model's latent space (4 for SD1.x/2.x/SDXL, 16 for Flux, SD3 and Lumina 2)."""
     # The 2024 latent formats do not declare their channel count; all of its SD families use 4.
     return getattr(base.latent_format, "latent_channels", 4)
 
@@ -143,8 +142,9 @@ def register_compact_sd1() -> None:
 def conditioning_from_tensors(model, context: torch.Tensor, pooled: Optional[torch.Tensor],
                               width: int, height: int) -> Conditioning:
     """Conditioning from a text encoder's outputs: the context (N, L, D) and, where the family takes it, the pooled
-    text (N, P). SDXL gets its ADM vector (pooled text + size embedding); Flux and SD3 get what ComfyUI's own
-    ``extra_conds`` for the model makes (pooled vector, Flux's default guidance); SD1/SD2 need only the context."""
+    text (N, P). SDXL gets its ADM vector (pooled text + size embedding); the DiT families get what ComfyUI's own
+    ``extra_conds`` for the model makes (pooled vector, Flux's default guidance, Lumina 2's token count); SD1/SD2
+    need only the context."""
     family = model_family(model)
     if family in DIT_FAMILIES:
         rows = [_model_inputs(model, {"cond": context[i:i + 1],

@@ -13,7 +13,7 @@ from ..denoiser import TOKEN_COUNT, Conditioning, Denoiser, flow_sigmas_as_noise
 from .models import latent_channel_count, load_to_device, model_family, model_sampling
 
 # Blocks that add residuals in place (`x += n`) onto tensors their LayerNorms saved for backward, and those norms:
-# the 2024 BasicTransformerBlock, and Flux's double- and single-stream blocks in every ComfyUI version.
+# the 2024 BasicTransformerBlock, and Flux's double- and single-stream blocks.
 _IN_PLACE_RESIDUAL_NORMS = {
     "BasicTransformerBlock": ("norm1", "norm2", "norm3"),
     "DoubleStreamBlock": ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
@@ -91,7 +91,7 @@ def _block_classes() -> tuple:
 
 
 def _is_flow(sampling) -> bool:
-    """Flow matching (Flux, SD3): ComfyUI mixes x_t = s * noise + (1 - s) * x_0 (its CONST sampling)."""
+    """Flow matching (Flux, SD3, Lumina 2): ComfyUI mixes x_t = s * noise + (1 - s) * x_0 (its CONST sampling)."""
     import comfy.model_sampling
     flow = getattr(comfy.model_sampling, "CONST", None)
     return flow is not None and isinstance(sampling, flow)
@@ -149,4 +149,5 @@ def denoiser_session(model) -> Iterator[Denoiser]:
             dtype=torch.float32,
             family=family,
             blocks=_checkpoint_blocks(base.diffusion_model),
+            blocks_modify_inputs=family == "flux",
         )
