@@ -1,9 +1,11 @@
-"""Small random-weight models in Stable Diffusion's shapes, built with ComfyUI's own classes.
+"""Small random-weight models in Stable Diffusion's and the DiT families' shapes, built with ComfyUI's own classes.
 
 No weights can be downloaded, so tests make their own: an SD1.5-shaped checkpoint (one-level UNet with
 320 channels and context 768, a TAESD VAE and a CLIP-L-shaped text encoder) that ComfyUI's
 CheckpointLoaderSimple detects as SD1.5, and an SDXL-shaped UNet (context 2048, ADM 2816) driven with
-conditioning tensors. Every tensor is drawn from a seeded generator, so a seed gives the same model.
+conditioning tensors. On ComfyUI 0.3.x also SD3.5's MMDiT (a file the UNETLoader detects), Flux.1, Lumina 2,
+Z-Image and Wan 2.1 layouts at small width, and a CLIP-L text-encoder file. Every tensor is drawn from a seeded
+generator, so a seed gives the same model.
 """
 
 from __future__ import annotations
