@@ -45,7 +45,8 @@ def test_speed_levers_smoke(tmp_path):
 def test_dit_cpu_benchmark_smoke(tmp_path, comfy):
     import comfy.model_base as model_base  # (the name comfy is the fixture here)
     if not hasattr(model_base, "Flux"):
-        pytest.skip("this ComfyUI (2024-03) has no Flux or SD3 models; benchmarks/dit_cpu.py needs ComfyUI 0.3.x")
+        pytest.skip("this ComfyUI (2024-03) has no Flux, SD3 or Lumina 2 models; benchmarks/dit_cpu.py needs "
+                    "ComfyUI 0.3.x")
     out = tmp_path / "dit_cpu.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "dit_cpu.py"), "--steps", "2", "--json", str(out)],
                    check=True, cwd=REPO, env=dict(os.environ), capture_output=True, timeout=600)
