@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -207,6 +207,9 @@ class Settings:
     forget_seeds: int = 8
     paraphrase_seeds: int = 4
     sampler: SamplerSettings = SamplerSettings()
+    # The Train node's steps for the SPARE rows that keep its default; None keeps the default, as a user runs it.
+    # Only the smoke test shortens it, to check the benchmark's path without paying for an erasure.
+    spare_steps: Optional[int] = None
 
 
 @dataclass
@@ -306,6 +309,8 @@ class Eraser:
                saliency_config=None, timestep_config=None, **overrides):
         train = self._nodes()["SpareTrainAdapter"]
         inputs = node_defaults(train)
+        if self.settings.spare_steps is not None:
+            inputs["steps"] = self.settings.spare_steps
         forget, surrogate, retain_text = user_phrases(concept)
         if full_prompts:
             forget, surrogate = "\n".join(concept.forget_prompts()), "\n".join(concept.surrogate_prompts())

@@ -9,6 +9,15 @@ from devkit import model_factory
 from spare_core.comfyui import headless
 
 SD15_CHECKPOINT = "tiny_sd15.safetensors"
+COMPACT_SD1_CHECKPOINT = "compact_sd1.safetensors"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that boots ComfyUI, by asking for the comfy fixture directly or through another fixture, is marked
+    comfy: what is left (-m "not comfy") needs no ComfyUI and runs in under a minute."""
+    for item in items:
+        if "comfy" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.comfy)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +38,14 @@ def sd15_checkpoint(comfy):
     """An SD1.5-shaped checkpoint in models/checkpoints that the stock CheckpointLoaderSimple detects as SD1.5."""
     model_factory.build_sd15_checkpoint(comfy.folder("checkpoints") / SD15_CHECKPOINT, seed=0)
     return SD15_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def compact_sd1_checkpoint(comfy):
+    """An SD1-layout checkpoint 64 channels wide, loaded by the stock loader through the pack's compact SD1 detection
+    (as the demo model is): for graphs whose cost, not the SD1.5 detection, is what matters."""
+    model_factory.build_sd15_checkpoint(comfy.folder("checkpoints") / COMPACT_SD1_CHECKPOINT, seed=3, channels=64)
+    return COMPACT_SD1_CHECKPOINT
 
 
 @pytest.fixture(scope="session")

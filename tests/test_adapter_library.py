@@ -2,10 +2,14 @@
 
 import sys
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from spare_core.comfyui.headless import PACK_NAME
+
+# Crosses the ComfyUI door where versions differ: the adapter library's route, a node error in the executor.
+pytestmark = pytest.mark.compat
 
 
 def library():

@@ -67,6 +67,7 @@ def test_config_errors(make, message):
         make()
 
 
+@pytest.mark.compat
 def test_rank_above_what_a_module_allows_names_the_module(comfy, door, small_sd15):
     from spare_core.lora import SparseLoRASet, adaptable_modules
     unet = small_sd15.model.diffusion_model
@@ -76,6 +77,7 @@ def test_rank_above_what_a_module_allows_names_the_module(comfy, door, small_sd1
     assert name in adaptable_modules(unet)
 
 
+@pytest.mark.compat
 def test_unsupported_model_types_are_refused(comfy, door):
     import comfy.supported_models
     config = dict(model_factory.SD15_UNET, in_channels=9, model_channels=64, num_heads=-1, num_head_channels=32)
@@ -86,6 +88,7 @@ def test_unsupported_model_types_are_refused(comfy, door):
         door.models.model_family(object())
 
 
+@pytest.mark.compat
 def test_missing_clip_is_named(door, small_sd15):
     with pytest.raises(ValueError, match=r"clip input is empty, so forget_prompts cannot be encoded"):
         door.models.encode_prompts(small_sd15, None, ["a cat"], 512, 512, "forget_prompts")
@@ -98,6 +101,7 @@ def _tiny_adapter(model, metadata=None):
     return ErasureAdapter(lora_set.kohya_state_dict(), metadata or {"base_model": "sd1"})
 
 
+@pytest.mark.compat
 def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_match(door, small_sd15, small_sdxl):
     from spare_core.lora import SparseLoRASet
     unet = small_sd15.model.diffusion_model
@@ -130,6 +134,7 @@ def test_file_without_unet_lora_keys_is_refused(tmp_path):
         load_adapter(path)
 
 
+@pytest.mark.compat
 def test_save_never_overwrites_unasked_and_writes_atomically(door, small_sd15, tmp_path):
     adapter = _tiny_adapter(small_sd15)
     path = save_adapter(adapter, tmp_path / "erase.safetensors")
@@ -168,6 +173,7 @@ def test_a_damaged_shared_adapter_is_refused_on_load_naming_the_key(tmp_path, da
         load_adapter(path)
 
 
+@pytest.mark.compat
 def test_written_files_follow_the_umask_like_comfyuis_own(door, small_sd15, tmp_path):
     """Adapters and the demo checkpoint are read by other users and services from a shared models folder."""
     import os
@@ -187,6 +193,7 @@ def test_written_files_follow_the_umask_like_comfyuis_own(door, small_sd15, tmp_
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "sub/../../x", "", "  ", "a/./b"])
 def test_save_names_outside_models_loras_are_refused(door, name):
     with pytest.raises(ValueError,
@@ -194,17 +201,20 @@ def test_save_names_outside_models_loras_are_refused(door, name):
         door.files.new_lora_file_path(name)
 
 
+@pytest.mark.compat
 def test_save_name_gets_the_extension_and_stays_in_models_loras(comfy, door):
     path = door.files.new_lora_file_path("erasures/van_gogh")
     assert path.name == "van_gogh.safetensors"
     assert path.parent.parent == comfy.folder("loras").resolve()
 
 
+@pytest.mark.compat
 def test_loading_a_missing_adapter_names_the_file(door):
     with pytest.raises(FileNotFoundError, match=r"adapter file 'nope.safetensors' is not in models/loras"):
         door.files.lora_file_path("nope.safetensors")
 
 
+@pytest.mark.compat
 def test_resolution_0_means_the_models_native_size(comfy, door, sd15, small_sdxl, synthcanvas_checkpoint):
     with torch.inference_mode():
         demo = comfy.node("CheckpointLoaderSimple").load_checkpoint(synthcanvas_checkpoint)[0]
@@ -213,6 +223,7 @@ def test_resolution_0_means_the_models_native_size(comfy, door, sd15, small_sdxl
     assert door.models.native_resolution(demo) == 64  # a user of the demo model need not know it
 
 
+@pytest.mark.compat
 def test_a_prompt_longer_than_one_clip_chunk_is_named(door, sd15):
     model, clip, _ = sd15
     long_phrase = "supercalifragilistic" * 30  # one "word": a phrase by the word rule, 100+ tokens

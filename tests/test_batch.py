@@ -148,6 +148,7 @@ def test_a_file_the_runner_did_not_make_is_never_overwritten(batch, comfy, synth
     assert (out / "mine.safetensors").read_bytes() == b"a user's own file"
 
 
+@pytest.mark.compat
 def test_the_runner_trains_what_the_nodes_train(batch, comfy, synthcanvas_checkpoint, tmp_path):
     """Same inputs and seed, the same adapter: the runner is the nodes, not a second copy of the algorithm."""
     job = {"output": "same_as_nodes", "concept": "a star in neon style", "surrogate": "a star in pastel style"}
@@ -171,6 +172,7 @@ def test_the_runner_trains_what_the_nodes_train(batch, comfy, synthcanvas_checkp
         assert torch.equal(from_nodes[key].float(), from_runner[key].float()), key
 
 
+@pytest.mark.compat
 def test_the_command_line_exits_non_zero_when_a_job_failed(comfy, synthcanvas_checkpoint, tmp_path):
     """``python -m spare_core.comfyui.batch`` in its own process (its own headless ComfyUI, the same one as this
     session's), with the checkpoint given as a path outside models/checkpoints."""

@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.comfy  # the benchmark boots its own ComfyUI
 def test_speed_benchmark_smoke(tmp_path):
     out = tmp_path / "speed.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed.py"), "--size", "reduced", "--models", "sd15,sdxl",
@@ -30,6 +31,7 @@ def test_speed_benchmark_smoke(tmp_path):
         assert results[family]["spare"]["modules"] < results[family]["dense_lora"]["modules"]
 
 
+@pytest.mark.comfy  # the benchmark boots its own ComfyUI
 def test_speed_levers_smoke(tmp_path):
     out = tmp_path / "levers.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "speed_levers.py"), "--size", "reduced",

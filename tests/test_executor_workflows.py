@@ -9,6 +9,9 @@ from safetensors import safe_open
 
 from spare_core.adapter import load_adapter
 
+# Crosses the ComfyUI door where versions differ: the executor, the stock loaders and LoraLoader, node registration.
+pytestmark = pytest.mark.compat
+
 
 def image_files(comfy, prefix):
     return sorted(comfy.folder("output").glob(f"{prefix}_*.png"))
@@ -113,13 +116,11 @@ def test_user_latents_can_replace_self_generated_samples(comfy, sd15_checkpoint)
     assert (comfy.folder("loras") / "from_latents.safetensors").exists()
 
 
-def test_compact_sd1_checkpoint_loads_through_the_stock_loader(comfy):
+def test_compact_sd1_checkpoint_loads_through_the_stock_loader(comfy, compact_sd1_checkpoint):
     """The pack registers SD1-layout UNets narrower than 320 channels with ComfyUI's detection (the demo model)."""
-    from devkit import model_factory
-    model_factory.build_sd15_checkpoint(comfy.folder("checkpoints") / "compact_sd1.safetensors", seed=3, channels=64)
     with torch.inference_mode():
-        model, clip, vae = comfy.node("CheckpointLoaderSimple").load_checkpoint("compact_sd1.safetensors")[:3]
+        model, clip, vae = comfy.node("CheckpointLoaderSimple").load_checkpoint(compact_sd1_checkpoint)[:3]
     assert type(model.model.model_config).__name__ == "SpareCompactSD1"
     assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 64
-    run = comfy.run_prompt(workflows.erase_and_generate("compact_sd1.safetensors", "compact_erasure", train_steps=2))
+    run = comfy.run_prompt(workflows.erase_and_generate(compact_sd1_checkpoint, "compact_erasure", train_steps=2))
     assert run.success, run.error

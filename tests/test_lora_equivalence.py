@@ -14,6 +14,9 @@ from spare_core.samples import generate_samples
 from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
 
+# Crosses the ComfyUI door where versions differ: LoRA patches: Apply / Remove and the stock loaders on the saved file.
+pytestmark = pytest.mark.compat
+
 
 @pytest.fixture(scope="module")
 def trained(door, sd15):

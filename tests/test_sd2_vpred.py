@@ -1,5 +1,6 @@
 """SD2.x v-prediction: the same ε-space distillation trains through ComfyUI's v-prediction sampling."""
 
+import pytest
 import torch
 
 from devkit.erasure import predict, random_prompts
@@ -10,6 +11,9 @@ from spare_core.saliency import compute_saliency
 from spare_core.samples import generate_samples
 from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
+
+# Crosses the ComfyUI door where versions differ: v-prediction model_sampling of each version.
+pytestmark = pytest.mark.compat
 
 
 def test_sd2_v_prediction_erasure(comfy, door):
