@@ -229,7 +229,7 @@ WATCH_JS = """async ([trainId, fromStep, colour]) => {
     const { api } = await import('/scripts/api.js');
     const seen = window.spareWatch = {steps: [], panelStep: null, panelCurvePixels: null};
     api.addEventListener('spare.progress', ({ detail }) => {
-        if (Number(detail?.node) !== trainId) return;
+        if (String(detail?.node) !== String(trainId)) return;  // node ids are strings on 1.58, numbers before
         seen.steps.push(detail.step);
         if (seen.panelStep !== null || detail.step < fromStep || detail.step >= detail.total) return;
         const node = app.graph.getNodeById(trainId), canvas = app.canvas;
