@@ -16,8 +16,9 @@ CATEGORY = "SPARE"
 SALIENCY, TIMESTEPS, ADAPTER = "SPARE_SALIENCY", "SPARE_TIMESTEPS", "SPARE_ADAPTER"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
-MODEL_INPUT = ("MODEL", {"tooltip": "The diffusion model to erase a concept from (SD1.x, SD2.x or SDXL). It is never "
-                                    "modified."})
+# The families come from the list the model check itself refuses others with, so the tooltip cannot drift from it.
+MODEL_INPUT = ("MODEL", {"tooltip": f"The diffusion model to erase a concept from: {models.SUPPORTED_MODELS}. It is "
+                                    f"never modified."})
 CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
 FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "The concept to erase: a phrase such as 'Van Gogh style' or 'a cat', or full "
@@ -105,10 +106,11 @@ class SpareTimestepSelector:
         return {"required": {
             "model": MODEL_INPUT, "clip": CLIP_INPUT, "forget_prompt": FORGET_INPUT,
             "surrogate_prompt": SURROGATE_INPUT,
-            "bins": ("INT", {"default": 10, "min": 1, "max": 100, "tooltip": help_text(TimestepConfig, "bins")}),
-            "temperature": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 100.0, "step": 0.05,
-                                      "tooltip": help_text(TimestepConfig, "temperature")}),
-            "top_fraction": _fraction(TimestepConfig, "top_fraction", 1.0),
+            "bins": ("INT", {"default": TimestepConfig().bins, "min": 1, "max": 100,
+                             "tooltip": help_text(TimestepConfig, "bins")}),
+            "temperature": ("FLOAT", {"default": TimestepConfig().temperature, "min": 0.05, "max": 100.0,
+                                      "step": 0.05, "tooltip": help_text(TimestepConfig, "temperature")}),
+            "top_fraction": _fraction(TimestepConfig, "top_fraction", TimestepConfig().top_fraction),
             "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
         }}
 
@@ -164,11 +166,14 @@ class SpareTrainAdapter:
                                                   "checked on held-out noise every few steps; 'steps' is then the cap. "
                                                   "0 = always train all steps."}),
             "overshoot": number("FLOAT", "overshoot", 0.0, 4.0, 0.05),
+        }, "hidden": {
+            # The id ComfyUI gives this node in the running graph: the live loss curve is sent to it.
+            "unique_id": "UNIQUE_ID",
         }}
 
     def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
               retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
-              forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None):
+              forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, unique_id=None):
         prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
         if erase_target is None:  # a workflow saved before the input existed
             erase_target = TrainConfig().erase_target
@@ -179,7 +184,7 @@ class SpareTrainAdapter:
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
                              overshoot=overshoot)
         trained = jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
-                                           saliency, timesteps, _latents(model, forget_latents))
+                                       saliency, timesteps, _latents(model, forget_latents), node_id=unique_id)
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
 
 

@@ -5,10 +5,12 @@ loss L = ‖ε_θ(x_t, c_forget) − ε‖² over forget samples. Each Linear / 
 saliency and the top ``module_fraction`` are kept, as in the SPARE reference code; optionally the
 top ``row_fraction`` output rows inside each kept module.
 
-Mean |gradient| is not comparable across layer kinds (output convs and skip connections dominate any
-prompt), so by default the score is a contrast: the same noisy latents under the retain prompts (or the
-empty prompt) give a paired gradient, and a module scores high when swapping the text changes its
-gradient and the forget prompt owns that change (see ``_contrast_scores``).
+The default score is that plain SalUn saliency (``retain_contrast`` 0), as in the SPARE reference code: on the
+SynthCanvas dev split it erased fully where the contrast did not. Mean |gradient| is not comparable across layer
+kinds, though (output convs and skip connections dominate any prompt, most visibly on random weights), so a
+contrast can be blended in: the same noisy latents under the retain prompts (or the empty prompt) give a paired
+gradient, and a module scores high when swapping the text changes its gradient and the forget prompt owns that
+change (see ``_contrast_scores``).
 """
 
 from __future__ import annotations

@@ -31,10 +31,28 @@ def test_the_pack_registers_every_node_with_tooltips(comfy):
     for node_id in ids:
         node = mappings[node_id]
         assert node.CATEGORY == "SPARE"
-        for section in node.INPUT_TYPES().values():
+        inputs = node.INPUT_TYPES()
+        for section in (inputs["required"], inputs.get("optional", {})):  # what a user sees; "hidden" is ComfyUI's
             for name, spec in section.items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["SpareTrainAdapter"] == "Train SPARE Adapter"
+
+
+def test_inputs_say_what_the_core_does(comfy, door):
+    """Tooltips and defaults come from the core, so they cannot drift from it: the MODEL input names every family the
+    model check accepts, the stage nodes start at their configs' defaults, and the Train node gets its own id in the
+    graph (where the live loss curve is sent) from ComfyUI's hidden UNIQUE_ID input."""
+    from spare_core.config import TimestepConfig
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    for node_id in ("SpareComputeSaliency", "SpareTimestepSelector", "SpareTrainAdapter", "SpareApplyErasure",
+                    "SpareRemoveErasure"):
+        tooltip = mappings[node_id].INPUT_TYPES()["required"]["model"][1]["tooltip"]
+        assert door.models.SUPPORTED_MODELS in tooltip and "Flux" in tooltip, (node_id, tooltip)
+    selector = mappings["SpareTimestepSelector"].INPUT_TYPES()["required"]
+    defaults = TimestepConfig()
+    assert [selector[name][1]["default"] for name in ("bins", "temperature", "top_fraction")] == \
+        [defaults.bins, defaults.temperature, defaults.top_fraction]
+    assert mappings["SpareTrainAdapter"].INPUT_TYPES()["hidden"] == {"unique_id": "UNIQUE_ID"}
 
 
 def test_erase_generate_and_save_through_the_executor(comfy, erased_run):

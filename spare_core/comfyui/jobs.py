@@ -91,8 +91,10 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
                     saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
                     forget_latents: Optional[torch.Tensor] = None,
                     saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
-                    timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS) -> TrainedErasure:
-    """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``."""
+                    timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS,
+                    node_id: Optional[str] = None) -> TrainedErasure:
+    """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``.
+    ``node_id``: the Train node's id in the running graph, which the live loss curve is sent to."""
     family = models.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
     total = (_generation_steps(samples, True, forget_latents) + config.steps
@@ -110,7 +112,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         if timesteps is None:
             timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
         result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
-                               report.training(config.steps))
+                               report.training(config.steps, node_id))
     check = result.final_check
     metadata = build_metadata(
         forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),

@@ -29,11 +29,12 @@ class StepReporter:
         for _ in range(steps):
             self()
 
-    def training(self, total_steps: int):
+    def training(self, total_steps: int, node_id=None):
         """A per-step callback for the training loop that also pushes (step, loss) to the browser, where the
-        web extension draws the live loss curve on the node."""
+        web extension draws the live loss curve on node ``node_id`` (the Train node's hidden UNIQUE_ID input;
+        None outside a graph, e.g. a benchmark calling the node directly, where no page draws it)."""
         prompt_server = _prompt_server()
-        node = getattr(prompt_server, "last_node_id", None)
+        node = None if node_id is None else str(node_id)
 
         def report(step: int, loss: float, check=None) -> None:
             self()
