@@ -21,12 +21,13 @@ from conftest import assert_bit_identical, unet_snapshot
 
 from devkit import model_factory
 from devkit.erasure import Prompts, held_out_gap, predict
+from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter, save_adapter
 from spare_core.comfyui import headless
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.denoiser import Conditioning, flow_sigmas_as_noise_levels
 from spare_core.lora import SparseLoRASet
-from spare_core.saliency import compute_saliency, every_module
+from spare_core.saliency import every_module
 from spare_core.samples import generate_samples, sampling_sigmas
 from spare_core.timesteps import select_timesteps
 from spare_core.trainer import train_adapter
@@ -194,15 +195,13 @@ def trained(door, family):
     name = door.models.model_family(model)
     prompts = random_prompts(door, model, seed=1)
     snapshot = unet_snapshot(model)
+    encoded = pipeline.EncodedPrompts(prompts.forget, prompts.surrogate, prompts.retain, prompts.uncond)
     with door.session.denoiser_session(model) as denoiser:
-        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, SAMPLES, seed=0)
-        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, SAMPLES, seed=1)
-        saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=2), seed=0)
-        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
-        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(rank=8, steps=150, learning_rate=3e-3, retain_weight=2.0, overshoot=0.0),
-                               seed=0)
-    return name, model, prompts, forget, retain, snapshot, result
+        erasure = pipeline.erase(denoiser, encoded, SAMPLES,
+                                 TrainConfig(rank=8, steps=150, learning_rate=3e-3, retain_weight=2.0, overshoot=0.0),
+                                 seed=0, saliency_config=SaliencyConfig(draws=2),
+                                 timestep_config=TimestepConfig(bins=4, draws_per_bin=2))
+    return name, model, prompts, erasure.forget, erasure.retain, snapshot, erasure.result
 
 
 def test_base_weights_are_bit_identical_after_training(trained):

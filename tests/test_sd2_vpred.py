@@ -5,12 +5,9 @@ import torch
 
 from devkit.erasure import predict, random_prompts
 from devkit.model_factory import small_sd2_vpred_model
+from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from spare_core.saliency import compute_saliency
-from spare_core.samples import generate_samples
-from spare_core.timesteps import select_timesteps
-from spare_core.trainer import train_adapter
 
 # Crosses the ComfyUI door where versions differ: v-prediction model_sampling of each version.
 pytestmark = pytest.mark.compat
@@ -23,13 +20,12 @@ def test_sd2_v_prediction_erasure(comfy, door):
     assert isinstance(model.model.model_sampling, comfy.model_sampling.V_PREDICTION)
     prompts = random_prompts(context_dim=1024, seed=3)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
+    encoded = pipeline.EncodedPrompts(prompts.forget, prompts.surrogate, prompts.retain, prompts.uncond)
     with door.session.denoiser_session(model) as denoiser:
-        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=0)
-        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed=1)
-        saliency = compute_saliency(denoiser, forget, prompts.retain, SaliencyConfig(draws=2), seed=0)
-        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
-        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0), seed=0)
+        erasure = pipeline.erase(denoiser, encoded, samples, TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0),
+                                 seed=0, saliency_config=SaliencyConfig(draws=2),
+                                 timestep_config=TimestepConfig(bins=4, draws_per_bin=2))
+    result, forget = erasure.result, erasure.forget
     erased = door.patches.apply_adapter(model, ErasureAdapter(result.state_dict), 1.0)
     noise = torch.randn(forget.latents.shape, generator=torch.Generator().manual_seed(4))
     indices = torch.tensor([600, 900])

@@ -5,12 +5,9 @@ import torch
 from conftest import assert_bit_identical, unet_snapshot
 
 from devkit.erasure import predict
+from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from spare_core.saliency import compute_saliency
-from spare_core.samples import generate_samples
-from spare_core.timesteps import select_timesteps
-from spare_core.trainer import train_adapter
 
 # Crosses the ComfyUI door where versions differ: SDXL's ADM conditioning built by each version's encode_adm.
 pytestmark = pytest.mark.compat
@@ -30,12 +27,11 @@ def test_sdxl_erasure_end_to_end(door, small_sdxl):
     snapshot = unet_snapshot(small_sdxl)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
     with door.session.denoiser_session(small_sdxl) as denoiser:
-        forget_samples = generate_samples(denoiser, forget, uncond, samples, seed=0)
-        retain_samples = generate_samples(denoiser, retain, uncond, samples, seed=1)
-        saliency = compute_saliency(denoiser, forget_samples, retain, SaliencyConfig(draws=2), seed=0)
-        timesteps = select_timesteps(denoiser, forget_samples, surrogate, TimestepConfig(bins=4, draws_per_bin=2), 0)
-        result = train_adapter(denoiser, saliency, timesteps, forget_samples, surrogate, retain_samples,
-                               TrainConfig(steps=30, learning_rate=3e-3, overshoot=0.0), seed=0)
+        erasure = pipeline.erase(denoiser, pipeline.EncodedPrompts(forget, surrogate, retain, uncond), samples,
+                                 TrainConfig(steps=30, learning_rate=3e-3, overshoot=0.0), seed=0,
+                                 saliency_config=SaliencyConfig(draws=2),
+                                 timestep_config=TimestepConfig(bins=4, draws_per_bin=2))
+    result, forget_samples = erasure.result, erasure.forget
     assert result.forget_losses[-1] < result.forget_losses[0]
     assert_bit_identical(small_sdxl, snapshot)
 

@@ -1,7 +1,8 @@
 """The node-level jobs: prompts and a ComfyUI MODEL in, saliency / timesteps / adapter out.
 
-Each job encodes its prompts first (CLIP may need the device), then opens one denoiser session in which
-the frozen model draws its own concept samples and the SPARE stages run.
+Each job encodes its prompts first (CLIP may need the device), then opens one denoiser session in which the method
+runs (spare_core.pipeline: the frozen model draws its own concept samples, then the SPARE stages); what is left here
+is ComfyUI's part: encoding, the session, progress, the adapter's metadata and the erased MODEL.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Optional
 
 import torch
 
-from .. import charts
+from .. import charts, pipeline
 from ..adapter import ErasureAdapter, build_metadata
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from ..denoiser import Conditioning, Denoiser
+from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts
-from ..saliency import SaliencyMap, block_of, compute_saliency, every_module
-from ..samples import ConceptSamples, generate_samples
+from ..saliency import SaliencyMap, block_of, compute_saliency
+from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
-from ..trainer import TrainResult, train_adapter
+from ..trainer import TrainResult
 from . import models, patches, progress, session
 
 # Frozen (immutable) configs: safe to share as argument defaults.
@@ -28,18 +29,10 @@ _DEFAULT_SALIENCY = SaliencyConfig()
 _DEFAULT_TIMESTEPS = TimestepConfig()
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    forget: Conditioning
-    surrogate: Conditioning
-    retain: Conditioning
-    uncond: Conditioning
-
-
-def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> _Encoded:
+def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> EncodedPrompts:
     def encode(texts, name):
         return models.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
-    return _Encoded(
+    return EncodedPrompts(
         forget=encode(prompts.forget, "forget_prompts"),
         surrogate=encode(prompts.surrogates, "surrogate_prompt"),
         retain=encode(prompts.retain_or_unconditional, "retain_prompts"),
@@ -47,24 +40,13 @@ def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> _Enc
     )
 
 
-def _forget_samples(denoiser: Denoiser, encoded: _Encoded, samples: SampleConfig, seed: int, report,
-                    forget_latents: Optional[torch.Tensor]) -> ConceptSamples:
-    if forget_latents is None:
-        return generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
-    rows = torch.arange(forget_latents.shape[0]) % len(encoded.forget)
-    return ConceptSamples(forget_latents, encoded.forget.select(rows), rows)
-
-
-def _generation_steps(samples: SampleConfig, with_retain: bool, forget_latents) -> int:
-    return samples.steps * ((forget_latents is None) + with_retain)
-
-
 def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: SaliencyConfig,
                        seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
-    report = progress.StepReporter(_generation_steps(samples, False, forget_latents) + config.draws)
+    report = progress.StepReporter(pipeline.generation_steps(samples, False, forget_latents is not None)
+                                   + config.draws)
     with session.denoiser_session(model) as denoiser:
-        forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
+        forget = pipeline.forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
         result = compute_saliency(denoiser, forget, encoded.retain, config, seed, report)
     return result, saliency_chart(result)
 
@@ -97,22 +79,13 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     ``node_id``: the Train node's id in the running graph, which the live loss curve is sent to."""
     family = models.model_family(model)
     encoded = _encode(model, clip, prompts, samples)
-    total = (_generation_steps(samples, True, forget_latents) + config.steps
-             + (saliency_config.draws if saliency is None else 0)
-             + (timestep_config.bins if timesteps is None else 0))
-    report = progress.StepReporter(total)
+    report = progress.StepReporter(pipeline.erase_steps(samples, config, saliency_config, timestep_config,
+                                                        forget_latents is not None, saliency is not None,
+                                                        timesteps is not None))
     with session.denoiser_session(model) as denoiser:
-        forget = _forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
-        retain = generate_samples(denoiser, encoded.retain, encoded.uncond, samples, seed + 1, report)
-        if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
-            saliency = every_module(denoiser.unet)  # nothing to rank: skip the gradient passes
-            report.skip(saliency_config.draws)
-        elif saliency is None:
-            saliency = compute_saliency(denoiser, forget, encoded.retain, saliency_config, seed, report)
-        if timesteps is None:
-            timesteps = select_timesteps(denoiser, forget, encoded.surrogate, timestep_config, seed, report)
-        result = train_adapter(denoiser, saliency, timesteps, forget, encoded.surrogate, retain, config, seed,
-                               report.training(config.steps, node_id))
+        erasure = pipeline.erase(denoiser, encoded, samples, config, seed, saliency, timesteps, forget_latents,
+                                 saliency_config, timestep_config, report, report.training(config.steps, node_id))
+    result, saliency, timesteps = erasure.result, erasure.saliency, erasure.timesteps
     check = result.final_check
     metadata = build_metadata(
         forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),

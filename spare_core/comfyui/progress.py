@@ -24,11 +24,6 @@ class StepReporter:
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update(1)
 
-    def skip(self, steps: int) -> None:
-        """Count steps of a stage that did not need to run, so the bar still ends full."""
-        for _ in range(steps):
-            self()
-
     def training(self, total_steps: int, node_id=None):
         """A per-step callback for the training loop that also pushes (step, loss) to the browser, where the
         web extension draws the live loss curve on node ``node_id`` (the Train node's hidden UNIQUE_ID input;

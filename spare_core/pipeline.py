@@ -1,0 +1,97 @@
+"""SPARE in order, on a Denoiser with the prompts already encoded: the frozen model draws its own concept samples,
+gradient saliency picks the modules, the timestep distribution is measured, and self-distillation trains the sparse
+adapter. Each stage stays callable alone (the stage nodes run one each); ``erase`` runs them all, in the order and
+with the seeds every caller relies on (forget samples ``seed``, retain samples ``seed + 1``, the stages ``seed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from .denoiser import Conditioning, Denoiser
+from .saliency import SaliencyMap, compute_saliency, every_module
+from .samples import ConceptSamples, generate_samples
+from .timesteps import TimestepDistribution, select_timesteps
+from .trainer import StepCallback, TrainResult, train_adapter
+
+# Frozen (immutable) configs: safe to share as argument defaults.
+_DEFAULT_SALIENCY = SaliencyConfig()
+_DEFAULT_TIMESTEPS = TimestepConfig()
+
+
+def _no_report(*_step_info) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """The erasure's prompts as the model's conditioning: forget and surrogate rows aligned (or one surrogate for
+    all), the retain prompts (or the empty prompt when there are none), and the empty prompt for CFG."""
+
+    forget: Conditioning
+    surrogate: Conditioning
+    retain: Conditioning
+    uncond: Conditioning
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """The trained adapter (``result``) with what it was trained from."""
+
+    result: TrainResult
+    saliency: SaliencyMap
+    timesteps: TimestepDistribution
+    forget: ConceptSamples
+    retain: ConceptSamples
+
+
+def forget_samples(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, seed: int,
+                   report: Callable = _no_report, forget_latents: Optional[torch.Tensor] = None) -> ConceptSamples:
+    """The concept's samples: drawn by the frozen model, or the user's own latents (``forget_latents``), each paired
+    with a forget prompt in turn."""
+    if forget_latents is None:
+        return generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed, report)
+    rows = torch.arange(forget_latents.shape[0]) % len(prompts.forget)
+    return ConceptSamples(forget_latents, prompts.forget.select(rows), rows)
+
+
+def generation_steps(samples: SampleConfig, with_retain: bool, forget_latents_given: bool) -> int:
+    """Sampler steps the samples stage reports (none for the forget samples when the user gave latents)."""
+    return samples.steps * ((not forget_latents_given) + with_retain)
+
+
+def erase_steps(samples: SampleConfig, train: TrainConfig, saliency_config: SaliencyConfig,
+                timestep_config: TimestepConfig, forget_latents_given: bool, saliency_given: bool,
+                timesteps_given: bool) -> int:
+    """How many times ``erase`` calls ``report`` (and the training callback): a progress bar's total."""
+    return (generation_steps(samples, True, forget_latents_given) + train.steps
+            + (0 if saliency_given else saliency_config.draws) + (0 if timesteps_given else timestep_config.bins))
+
+
+def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, train: TrainConfig, seed: int,
+          saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
+          forget_latents: Optional[torch.Tensor] = None, saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
+          timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS, report: Callable = _no_report,
+          on_step: Optional[StepCallback] = None) -> Erasure:
+    """The whole method; ``saliency`` / ``timesteps`` given (from the stage nodes) replace their stages.
+    ``report`` is called once per sampler step, saliency draw and timestep bin; ``on_step`` once per training step
+    (the default calls ``report``)."""
+    forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
+    retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed + 1, report)
+    if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
+        saliency = every_module(denoiser.unet)  # nothing to rank: skip the gradient passes
+        for _ in range(saliency_config.draws):
+            report()
+    elif saliency is None:
+        saliency = compute_saliency(denoiser, forget, prompts.retain, saliency_config, seed, report)
+    if timesteps is None:
+        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, timestep_config, seed, report)
+    if on_step is None:
+        def on_step(step, loss, check=None):
+            report()
+    result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, train, seed, on_step)
+    return Erasure(result, saliency, timesteps, forget, retain)
