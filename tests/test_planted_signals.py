@@ -2,23 +2,17 @@
 
 import pytest
 import torch
-from toy_models import CHANNELS, SIDE, PlantedModules, PlantedTimesteps, ddpm_sigmas, denoiser_for, gate_conditioning
+from toy_models import PlantedModules, PlantedTimesteps, ddpm_sigmas, denoiser_for, gate_conditioning, samples_for
 
 from spare_core.config import SaliencyConfig, TimestepConfig
 from spare_core.denoiser import flow_sigmas_as_noise_levels
 from spare_core.saliency import compute_saliency
-from spare_core.samples import ConceptSamples
 from spare_core.timesteps import select_timesteps
 
 BRANCHES = 8
 FORGET_BRANCHES = [2, 5]
 SHARED_GATE = BRANCHES  # the last gate slot switches the shared module
 PLANTED_ROWS = {2: [1, 4, 7, 10], 5: [0, 3, 6, 9]}
-
-
-def samples_for(cond, count=4, seed=0):
-    latents = torch.randn(count, CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
-    return ConceptSamples(latents, cond.select(torch.zeros(count, dtype=torch.long)))
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from toy_models import CHANNELS, SIDE, PlantedModules, ddpm_sigmas, denoiser_for, gate_conditioning
+from toy_models import CHANNELS, SIDE, PlantedModules, ddpm_sigmas, denoiser_for, gate_conditioning, samples_for
 
 from spare_core.config import TimestepConfig, TrainConfig
 from spare_core.lora import SparseLoRASet
@@ -52,16 +52,12 @@ class Toy:
                 return self.denoiser.predict_noise(x_t, sigma, rows)
 
 
-def _samples(gates, seed):
-    cond = gate_conditioning(gates, BRANCHES + 1)
-    latents = torch.randn(8, CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
-    return ConceptSamples(latents, cond.select(torch.zeros(8, dtype=torch.long)))
-
-
 @pytest.fixture()
 def toy():
-    return Toy(denoiser_for(PlantedModules(BRANCHES), ddpm_sigmas()), _samples(FORGET, 0),
-               gate_conditioning(SURROGATE, BRANCHES + 1), _samples(RETAIN, 1))
+    gates = BRANCHES + 1
+    return Toy(denoiser_for(PlantedModules(BRANCHES), ddpm_sigmas()),
+               samples_for(gate_conditioning(FORGET, gates), count=8, seed=0), gate_conditioning(SURROGATE, gates),
+               samples_for(gate_conditioning(RETAIN, gates), count=8, seed=1))
 
 
 def _progress_along_the_gap(concept, surrogate, student) -> float:

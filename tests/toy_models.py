@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from spare_core.denoiser import Conditioning, Denoiser
+from spare_core.samples import ConceptSamples
 
 CHANNELS, SIDE = 4, 2
 FEATURES = CHANNELS * SIDE * SIDE
@@ -64,6 +65,12 @@ class PlantedTimesteps(nn.Module):
 def denoiser_for(module: nn.Module, sigmas: torch.Tensor) -> Denoiser:
     return Denoiser(unet=module, predict_noise=lambda x, s, c: module(x, s, c.context), sigmas=sigmas,
                     latent_channels=CHANNELS, device=torch.device("cpu"), dtype=torch.float32, family="toy")
+
+
+def samples_for(cond: Conditioning, count: int = 4, seed: int = 0) -> ConceptSamples:
+    """``count`` random clean latents, each with ``cond``'s (single) row as its prompt."""
+    latents = torch.randn(count, CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+    return ConceptSamples(latents, cond.select(torch.zeros(count, dtype=torch.long)))
 
 
 def gate_conditioning(on: list[int], width: int) -> Conditioning:

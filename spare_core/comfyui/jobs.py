@@ -19,7 +19,6 @@ from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts
 from ..saliency import SaliencyMap, block_of, compute_saliency
-from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
 from ..trainer import TrainResult
 from . import models, patches, progress, session
@@ -56,7 +55,7 @@ def timesteps_for_model(model, clip, prompts: ErasurePrompts, samples: SampleCon
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(samples.steps + config.bins)
     with session.denoiser_session(model) as denoiser:
-        forget = generate_samples(denoiser, encoded.forget, encoded.uncond, samples, seed, report)
+        forget = pipeline.forget_samples(denoiser, encoded, samples, seed, report)
         result = select_timesteps(denoiser, forget, encoded.surrogate, config, seed, report)
     return result, timestep_chart(result)
 
