@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import unlearncanvas
-from spare_core.comfyui import headless
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.prompts import ErasurePrompts
+from spare_core.runner import headless
 from synthcanvas import demo_model, evaluation
 from synthcanvas.generation import generate
 from synthcanvas.metrics import erasure_scores

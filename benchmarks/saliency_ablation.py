@@ -17,7 +17,7 @@ import torch
 
 from devkit import model_factory
 from devkit.erasure import predict, random_prompts
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 REPO = Path(__file__).resolve().parents[1]
 

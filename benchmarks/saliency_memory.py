@@ -16,7 +16,7 @@ from pathlib import Path
 import speed  # benchmarks/speed.py: model building and conditioning
 import torch
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 
 def peak_rss_gb() -> float:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 from synthcanvas import demo_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="spare-scale-out-"))
     runtime = headless.boot(work / "comfyui")
-    from spare_core.comfyui import batch
+    from spare_core.runner import batch
     checkpoint = demo_model.build_checkpoint(work / "models" / demo_model.CHECKPOINT_NAME)
     settings = {"seed": 0} if args.steps is None else {"seed": 0, "steps": args.steps}
     path = job_file(work, checkpoint, settings)

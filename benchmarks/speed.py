@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from devkit import model_factory
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import speed  # benchmarks/speed.py: model building, conditioning, timing helpers
 import torch
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 # ---------------------------------------------------------------- the levers, each a change for one session
 

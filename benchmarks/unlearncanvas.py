@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 from synthcanvas import classifier, demo_model, evaluation
 from synthcanvas.generation import SamplerSettings, encode, generate
 from synthcanvas.metrics import erasure_scores

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks import unlearncanvas
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 from synthcanvas import demo_model
 from synthcanvas.generation import generate
 

@@ -69,7 +69,7 @@ def demo_vae_round_trip(path: Path | None = None):
     vae.safetensors)."""
     import tempfile
 
-    from spare_core.comfyui import headless
+    from spare_core.runner import headless
     headless.boot(Path(tempfile.mkdtemp(prefix="spare-classifier-")), cpu=not torch.cuda.is_available())
     import comfy.taesd.taesd
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 from synthcanvas import demo_model, evaluation, training
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from devkit.workflow_format import api_to_ui
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 REPO = Path(__file__).resolve().parents[1]
 

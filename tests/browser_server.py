@@ -12,7 +12,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 
 def free_port() -> int:

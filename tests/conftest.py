@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from devkit import model_factory
-from spare_core.comfyui import headless
+from spare_core.runner import headless
 
 SD15_CHECKPOINT = "tiny_sd15.safetensors"
 COMPACT_SD1_CHECKPOINT = "compact_sd1.safetensors"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spare_core.comfyui.headless import PACK_NAME
+from spare_core.runner.headless import PACK_NAME
 
 # Crosses the ComfyUI door where versions differ: the adapter library's route, a node error in the executor.
 pytestmark = pytest.mark.compat

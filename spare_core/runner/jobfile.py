@@ -1,4 +1,4 @@
-"""Job files for the batch runner (``spare_core.comfyui.batch``): one checkpoint, shared settings, and one erasure
+"""Job files for the batch runner (``spare_core.runner.batch``): one checkpoint, shared settings, and one erasure
 per job, in YAML or JSON.
 
 Every value keeps the line it was written on, so an error names the field and the line. This module checks the

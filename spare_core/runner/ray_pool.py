@@ -1,4 +1,4 @@
-"""Batch jobs fanned out over a Ray cluster (``python -m spare_core.comfyui.batch --ray local|ADDRESS``).
+"""Batch jobs fanned out over a Ray cluster (``python -m spare_core.runner.batch --ray local|ADDRESS``).
 
 Each worker is a long-lived Ray actor. It boots its own headless ComfyUI once and then runs many jobs, one at a
 time, with ``batch.attempt_job``, which is the code the in-process runner uses too. An actor takes one GPU where
@@ -63,7 +63,7 @@ class BatchWorker:
                                      model_folders_in_work=False)
 
     def run_job(self, job, checkpoint: str):
-        from . import files
+        from ..comfyui import files
         from .batch import Attempt, attempt_job
         with files.lora_folder_first(self.out):
             try:
