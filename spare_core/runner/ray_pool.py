@@ -1,7 +1,7 @@
 """Batch jobs fanned out over a Ray cluster (``python -m spare_core.runner.batch --ray local|ADDRESS``).
 
 Each worker is a long-lived Ray actor. It boots its own headless ComfyUI once and then runs many jobs, one at a
-time, with ``batch.attempt_job``, which is the code the in-process runner uses too. An actor takes one GPU where
+time, with ``worker.attempt_job``, which is the code the in-process runner uses too. An actor takes one GPU where
 the cluster has GPUs, else one CPU. Ray is optional (``pip install "comfyui-spare[cluster]"``): only this module
 imports it, and only when a run asks for it. Several workers may share a GPU (``--jobs-per-gpu``), since a job
 uses a fraction of a large GPU's memory and SPARE's training step leaves the GPU idle much of the time
@@ -19,6 +19,8 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+
+from .worker import Attempt, attempt_job
 
 LOCAL = "local"
 # Enough for the small results the workers send back; Ray's default takes 30 % of the machine's memory.
@@ -64,7 +66,6 @@ class BatchWorker:
 
     def run_job(self, job, checkpoint: str):
         from ..comfyui import files
-        from .batch import Attempt, attempt_job
         with files.lora_folder_first(self.out):
             try:
                 path = files.checkpoint_path(checkpoint)
