@@ -7,10 +7,15 @@ the pack's own nodes to run through ComfyUI's executor, so it holds no training 
 - ``headless``: ComfyUI booted in-process with no server, the pack loaded as a custom node (the command-line
   tools, the benchmarks and the tests run workflows through it);
 - ``jobfile``: the batch runner's job files (YAML or JSON), checked field by field with the line named;
-- ``batch``: the batch runner (``python -m spare_core.runner``, ``spare-erase``): the driver that plans, keeps the
-  ledger and retries, with the jobs run in this process or, with ``ray_pool``, on a Ray cluster's workers.
+- ``batch``: the batch runner (``python -m spare_core.runner``, ``spare-erase``): the driver, which plans each job,
+  retries and keeps the ledger, in one loop whether the jobs run here or on Ray;
+- ``worker``: one try at one job on a booted ComfyUI, wherever it runs (a leaf: it imports neither ``batch`` nor
+  the pools);
+- ``local_pool`` and ``ray_pool``: where the tries run, behind one surface (``submit``, ``busy``,
+  ``next_result``): in this process one at a time, or on a Ray cluster's workers, each with its own ComfyUI.
 
-The import direction is one way: the runner imports the door (``spare_core.comfyui``: files, progress) and the
-core; nothing in ``spare_core.comfyui`` or the core imports the runner. The door stays what ComfyUI's own process
-needs, and the pack installed in a user's ComfyUI never loads this package.
+The import direction is one way: the runner imports the door (``spare_core.comfyui``: files, progress) and may
+import the core (today it reaches the core only through the nodes it runs); nothing in ``spare_core.comfyui`` or
+the core imports the runner. The door stays what ComfyUI's own process needs: ComfyUI loading the pack's nodes
+never imports this package.
 """

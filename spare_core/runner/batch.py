@@ -10,13 +10,15 @@ adapter's sha256 and any error text. A second run resumes. It skips a job whose 
 sha256 that the ledger recorded for the same input hash. It never replaces a file it did not make for that hash.
 A job that fails is retried once, then recorded as failed, and the rest go on. Bad input (a ValueError from the
 pack, a file that exists) fails at once, since a retry would fail the same way. The exit status is 1 when any
-job failed. With ``--ray`` the jobs run on a Ray cluster's workers (``ray_pool``), while this process keeps the
-ledger and decides what to skip.
+job failed. Without ``--ray`` the jobs run in this process (``local_pool``); with it, on a Ray cluster's workers
+(``ray_pool``). Either way each try is ``worker.attempt_job``, and this process (the driver) decides what to skip,
+retries and keeps the ledger, in one loop for both (``BatchRunner._run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -24,11 +26,12 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from .jobfile import Job, JobFileError, read_job_file
-from .worker import TRAIN_NODE, Attempt, attempt_job
+from .worker import TRAIN_NODE, Attempt
 
 # The Train node's inputs that a job sets itself, not through settings.
 PROMPT_INPUTS = ("forget_prompts", "surrogate_prompt", "retain_prompts")
@@ -134,8 +137,8 @@ class _Planned:
 
 class BatchRunner:
     """Runs jobs on a booted ComfyUI (``headless.boot``), writing adapters to ``out`` and the ledger. ``run``
-    trains them in this process; ``run_on_ray`` fans them out over a Ray cluster's workers. Either way this
-    process decides what to skip and keeps the ledger."""
+    trains them in this process (a ``LocalPool``); ``run_on_ray`` fans them out over a Ray cluster's workers (a
+    ``WorkerPool``). Either way this process decides what to skip, retries and keeps the ledger, in ``_run``."""
 
     def __init__(self, runtime, out: Path, ledger: Ledger, show_progress: bool = False):
         self.runtime, self.out, self.ledger, self.show_progress = runtime, Path(out).resolve(), ledger, show_progress
@@ -201,26 +204,8 @@ class BatchRunner:
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Every job in this process, one after another."""
-        from ..comfyui import files
-        bar = _overall_bar(len(jobs)) if self.show_progress else None
-        made = self.ledger.made()
-        outcomes = []
-        for job in jobs:
-            planned, outcome = self._plan(job, made)
-            if outcome is None:
-                outcome = Outcome(job, "failed")
-                while True:
-                    outcome.attempts += 1
-                    with files.lora_folder_first(self.out):
-                        tried = attempt_job(self.runtime, job, planned.checkpoint, self.show_progress)
-                    _apply(outcome, tried, planned.target)
-                    if not _try_again(tried, outcome.attempts):
-                        break
-            outcomes.append(self._record(planned, outcome))
-            _advance(bar, outcome)
-        if bar is not None:
-            bar.close()
-        return outcomes
+        from .local_pool import LocalPool
+        return self._run(jobs, LocalPool(self.runtime, self.out, self.show_progress))
 
     def run_on_ray(self, jobs: list[Job], address: str, workers: int | None = None, cpu: bool = False,
                    jobs_per_gpu: int = 1) -> list[Outcome]:
@@ -229,43 +214,66 @@ class BatchRunner:
         is replaced, and its job goes back in the queue (it counts as an attempt)."""
         from . import ray_pool
         ray_pool.check_address(address)
-        bar = _overall_bar(len(jobs)) if self.show_progress else None
-        outcomes: dict[int, Outcome] = {}
-        queue = []
-        planned_by_index = {}
-        made = self.ledger.made()
-        for index, job in enumerate(jobs):
-            planned, outcome = self._plan(job, made)
-            planned_by_index[index] = planned
-            if outcome is None:
-                queue.append(index)
-            else:
-                outcomes[index] = self._record(planned, outcome)
-                _advance(bar, outcome)
-        if queue:
-            with ray_pool.WorkerPool(address, self.out, workers, cpu, jobs_per_gpu) as pool:
+        pool = ray_pool.WorkerPool(address, self.out, workers, cpu, jobs_per_gpu)
+        try:
+            return self._run(jobs, pool)
+        finally:
+            if pool.timings:  # the pool was started: a run that only skips starts no worker
                 self.ray_timings = dict(pool.timings)
-                attempts = {index: Outcome(jobs[index], "failed") for index in queue}
-                # Under Ray a job waits in the queue; its time is the time it held a worker.
-                held = dict.fromkeys(queue, 0.0)
-                for index in queue:
-                    pool.submit(index, jobs[index], planned_by_index[index].checkpoint)
-                while pool.busy():
-                    index, tried, round_trip = pool.next_result()
-                    outcome, planned = attempts[index], planned_by_index[index]
-                    outcome.attempts += 1
-                    held[index] += round_trip
-                    if tried is not None:
-                        outcome.scheduling_seconds += max(0.0, round_trip - tried.seconds)
-                    if tried is None:  # the worker died: clear what it left, try once more elsewhere
-                        _remove_unfinished_writes(planned.target)
-                        tried = Attempt(False, "the worker running this job died (its process ended mid-job)")
-                    _apply(outcome, tried, planned.target)
-                    if _try_again(tried, outcome.attempts):
-                        pool.submit(index, jobs[index], planned.checkpoint)
-                        continue
-                    outcomes[index] = self._record(planned, outcome, held[index])
-                    _advance(bar, outcome)
+
+    def _run(self, jobs: list[Job], pool) -> list[Outcome]:
+        """The one loop of ``run`` and ``run_on_ray``: plan each job (skip, refuse or train), hand the ones to
+        train to ``pool`` (``local_pool.LocalPool`` or ``ray_pool.WorkerPool``, not yet started), and as each try
+        comes back retry it or write its ledger line. The pool is started only when a job needs training.
+
+        Where the two pools differ, ``pool.queues_jobs`` says how:
+        - a pool that queues jobs (Ray) is handed every job at once, after every skip has been decided and
+          recorded; a retry joins the back of the queue, so it may run on another worker; a job's time is the
+          time it held a worker (not the time it waited), and ``scheduling_seconds`` what its round trips added
+          to the worker's own time;
+        - a pool that does not (this process) is handed one job at a time: the next is planned once this one is
+          recorded, a retry runs at once, and a job's time runs from its planning to its ledger line."""
+        bar = _overall_bar(len(jobs)) if self.show_progress else None
+        made = self.ledger.made()
+        waiting = deque(range(len(jobs)))  # not planned yet
+        planned: dict[int, _Planned] = {}
+        outcomes: dict[int, Outcome] = {}
+        held: dict[int, float] = {}  # per job handed to the pool: the seconds its tries held a worker
+        with contextlib.ExitStack() as stack:
+            started = False
+            while True:
+                fresh = []
+                while waiting and (pool.queues_jobs or not (fresh or pool.busy())):
+                    index = waiting.popleft()
+                    planned[index], outcome = self._plan(jobs[index], made)
+                    if outcome is None:
+                        fresh.append(index)
+                    else:
+                        outcomes[index] = self._record(planned[index], outcome)
+                        _advance(bar, outcome)
+                if fresh and not started:
+                    stack.enter_context(pool)
+                    started = True
+                for index in fresh:
+                    outcomes[index], held[index] = Outcome(jobs[index], "failed"), 0.0
+                    pool.submit(index, jobs[index], planned[index].checkpoint)
+                if not pool.busy():
+                    break
+                index, tried, round_trip = pool.next_result()
+                outcome, plan = outcomes[index], planned[index]
+                outcome.attempts += 1
+                held[index] += round_trip
+                if tried is not None and pool.queues_jobs:
+                    outcome.scheduling_seconds += max(0.0, round_trip - tried.seconds)
+                if tried is None:  # the worker died: clear what it left, try once more elsewhere
+                    _remove_unfinished_writes(plan.target)
+                    tried = Attempt(False, "the worker running this job died (its process ended mid-job)")
+                _apply(outcome, tried, plan.target)
+                if _try_again(tried, outcome.attempts):
+                    pool.submit(index, jobs[index], plan.checkpoint)
+                    continue
+                self._record(plan, outcome, held[index] if pool.queues_jobs else None)
+                _advance(bar, outcome)
         if bar is not None:
             bar.close()
         return [outcomes[index] for index in range(len(jobs))]

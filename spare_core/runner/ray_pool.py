@@ -77,21 +77,27 @@ class BatchWorker:
 class WorkerPool:
     """Workers on a Ray cluster and a queue of jobs for them. ``next_result`` gives (key, Attempt, seconds from
     hand-out to result) as each job ends, with None for the Attempt when its worker died; a dead worker is
-    replaced before the next job is handed out."""
+    replaced before the next job is handed out. Nothing starts (and nothing is checked) before ``__enter__``, which
+    the driver reaches only when a job needs training. ``local_pool.LocalPool`` has the same surface."""
+
+    # Jobs wait here for a free worker: the driver hands in every job at once, and a retry joins the back of the
+    # queue (batch.BatchRunner._run).
+    queues_jobs = True
 
     def __init__(self, address: str, out: Path, workers: int | None = None, cpu: bool = False, jobs_per_gpu: int = 1):
-        if workers is not None and workers < 1:
-            raise ValueError(f"--workers {workers}: give at least 1")
-        if jobs_per_gpu < 1:
-            raise ValueError(f"--jobs-per-gpu {jobs_per_gpu}: give at least 1")
         self.address, self.out, self.workers, self.cpu = address, Path(out), workers, cpu
         self.jobs_per_gpu = jobs_per_gpu
         self.queue: deque = deque()
         self.running: dict = {}
         self.idle: list = []
+        # Once started: seconds to start (or join) Ray, then to boot every worker's ComfyUI.
         self.timings: dict[str, float] = {}
 
     def __enter__(self) -> WorkerPool:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers {self.workers}: give at least 1")
+        if self.jobs_per_gpu < 1:
+            raise ValueError(f"--jobs-per-gpu {self.jobs_per_gpu}: give at least 1")
         ray = _ray()  # the address was checked by the caller (BatchRunner.run_on_ray), before any job was planned
         clock = time.perf_counter()
         if self.address == LOCAL:
