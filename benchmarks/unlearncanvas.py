@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from spare_core.adapter import ErasureFigures
 from spare_core.runner import headless
 from synthcanvas import classifier, demo_model, evaluation
 from synthcanvas.generation import SamplerSettings, encode, generate
@@ -504,9 +505,9 @@ def run(runtime, checkpoint_name: str, concepts: list[Concept], methods: list[st
             scores["second_judge"] = score(concept, evals, images, second_judge)
         scores.update(seconds=erased.seconds, peak_memory_mb=erased.peak_memory_mb, adapter_mb=erased.adapter_mb)
         if erased.adapter is not None:
-            info = erased.adapter.info
-            scores.update(gap_closed=info("erasure_gap_closed"), retain_drift=info("erasure_retain_drift"),
-                          steps_done=info("steps_done"))
+            figures = ErasureFigures.from_header(erased.adapter.metadata)
+            scores.update(gap_closed=figures.gap_closed, retain_drift=figures.retain_drift,
+                          steps_done=figures.steps_done)
         results["per_concept"][method][concept.label()] = scores
         if method == "spare" and concept.label() in dial_concepts:
             apply = nodes.NODE_CLASS_MAPPINGS["SpareApplyErasure"]()

@@ -11,19 +11,26 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .lora import KOHYA_PREFIX
+from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from .prompts import ErasurePrompts
 
 FORMAT_NAME = "spare-erasure-lora"
-_KEY = re.compile(r"^(lora_unet_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+KOHYA_PREFIX = "lora_unet_"
+_KEY = re.compile(rf"^({KOHYA_PREFIX}[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+def kohya_name(module_path: str) -> str:
+    """lora_unet_<path with dots as underscores>: the key stem every LoRA loader understands."""
+    return KOHYA_PREFIX + module_path.replace(".", "_")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,13 +87,7 @@ class ErasureAdapter:
 
     def info(self, key: str, default=None):
         """A metadata value, JSON-decoded where it was stored as JSON."""
-        raw = self.metadata.get(key)
-        if raw is None:
-            return default
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
+        return header_value(self.metadata, key, default)
 
 
 def build_metadata(**values) -> dict[str, str]:
@@ -100,6 +101,145 @@ def build_metadata(**values) -> dict[str, str]:
         metadata["ss_network_alpha"] = str(values["alpha"])
     metadata["ss_network_module"] = "networks.lora"
     return metadata
+
+
+# --- The header -----------------------------------------------------------------------------------------------------
+# Key names are kept as the first versions wrote them, so that older files describe and list the same; the settings
+# of the sample, saliency and timestep stages (added later) are JSON objects under *_config keys.
+_FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
+                "retain_drift": "erasure_retain_drift", "concept_gap": "erasure_concept_gap",
+                "checks": "erasure_checks", "final_loss": "final_loss"}
+_TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
+GIVEN = "given"  # a stage's config key when its result came from a stage node, not from the training job
+
+
+def header_value(header: Mapping[str, str], key: str, default=None):
+    """One header value, JSON-decoded where it was stored as JSON; ``default`` when absent."""
+    raw = header.get(key)
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        return raw
+
+
+@dataclass(frozen=True)
+class ErasureFigures:
+    """What the training measured: steps run, and the last held-out erasure check (share of the concept-to-target
+    gap closed, drift of the retained concepts, the gap's size) with every earlier check as (step, gap closed, retain
+    drift)."""
+
+    steps_done: Optional[int] = None
+    gap_closed: Optional[float] = None
+    retain_drift: Optional[float] = None
+    concept_gap: Optional[float] = None
+    checks: tuple[tuple[int, float, float], ...] = ()
+    final_loss: Optional[float] = None
+
+    def to_header(self) -> dict[str, object]:
+        values = {name: getattr(self, name) for name in _FIGURE_KEYS}
+        values["checks"] = [list(check) for check in self.checks]
+        if self.concept_gap is not None:
+            values["concept_gap"] = round(self.concept_gap, 6)
+        return {_FIGURE_KEYS[name]: value for name, value in values.items() if value is not None}
+
+    @staticmethod
+    def from_header(header: Mapping[str, str]) -> "ErasureFigures":
+        """Tolerant: any LoRA file gives figures, None where its header has none (the batch ledger, the library)."""
+        values = {name: header_value(header, key) for name, key in _FIGURE_KEYS.items()}
+        checks = values["checks"]
+        values["checks"] = tuple(tuple(check) for check in checks if isinstance(check, list)) \
+            if isinstance(checks, list) else ()
+        return ErasureFigures(**values)
+
+
+@dataclass(frozen=True)
+class AdapterMetadata:
+    """Everything an erasure adapter's header records: the prompts, the settings of every stage, the seed, the
+    timestep distribution it trained with and the figures, so that the header alone can train the same adapter
+    again (``not_reproducible_because`` says when it cannot). ``saliency`` / ``timestep_config`` are None when that
+    stage's result came from its own node (Compute Saliency Mask, Timestep Selector) instead of the training job."""
+
+    prompts: ErasurePrompts
+    base_model: str
+    seed: int
+    samples: SampleConfig
+    train: TrainConfig
+    saliency: Optional[SaliencyConfig]
+    timestep_config: Optional[TimestepConfig]
+    timestep_bin_edges: tuple[int, ...]
+    timestep_scores: tuple[float, ...]
+    timestep_probabilities: tuple[float, ...]
+    modules: int
+    module_fraction: float
+    row_fraction: float
+    forget_latents_given: bool = False
+    figures: ErasureFigures = ErasureFigures()
+    created: str = ""
+
+    @property
+    def not_reproducible_because(self) -> Optional[str]:
+        if self.forget_latents_given:
+            return "it was trained on the user's own forget latents, which the file does not hold"
+        if self.saliency is None:
+            return ("its saliency map came from a Compute Saliency Mask node, whose samples and seed the file does "
+                    "not hold")
+        return None
+
+    def to_header(self) -> dict[str, str]:
+        prompts = self.prompts
+        return build_metadata(
+            forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate,
+            retain_prompts=list(prompts.retain), concept=prompts.concept,
+            surrogate_concept=prompts.surrogate_concept, surrogate_prompts=list(prompts.surrogates),
+            base_model=self.base_model, seed=self.seed, modules=self.modules,
+            module_fraction=self.module_fraction, row_fraction=self.row_fraction,
+            sample_config=asdict(self.samples),
+            saliency_config=GIVEN if self.saliency is None else asdict(self.saliency),
+            timestep_config=GIVEN if self.timestep_config is None else asdict(self.timestep_config),
+            timestep_bin_edges=list(self.timestep_bin_edges), timestep_scores=list(self.timestep_scores),
+            timestep_probabilities=list(self.timestep_probabilities),
+            forget_samples="given latents" if self.forget_latents_given else "generated",
+            created=self.created, **self.figures.to_header(), **asdict(self.train))
+
+    @staticmethod
+    def from_header(header: Mapping[str, str]) -> "AdapterMetadata":
+        """Strict: ValueError naming what is missing when the header is not a complete SPARE record (another
+        LoRA, or a file from a version that did not record every stage's settings)."""
+        if header.get("format") != FORMAT_NAME:
+            raise ValueError(f"not a SPARE erasure adapter (header format {header.get('format')!r}, expected "
+                             f"{FORMAT_NAME!r})")
+        missing = [key for key in ("forget_prompts", "surrogate_prompts", "retain_prompts", "sample_config",
+                                   "saliency_config", "timestep_config", "timestep_scores", "seed", *_TRAIN_KEYS)
+                   if key not in header]
+        if missing:
+            raise ValueError(f"the adapter's header lacks {', '.join(missing)}: it was made by SPARE "
+                             f"{header.get('spare_version', 'of an unknown version')}, before every setting was "
+                             f"recorded")
+
+        def config(config_class, key):
+            value = header_value(header, key)
+            return None if value == GIVEN else config_class(**value)
+        concept = header.get("concept", "")
+        prompts = ErasurePrompts(
+            tuple(header_value(header, "forget_prompts")), header.get("surrogate_prompt", ""),
+            tuple(header_value(header, "retain_prompts")), concept=concept,
+            surrogate_concept=header.get("surrogate_concept", ""),
+            expanded_surrogates=tuple(header_value(header, "surrogate_prompts")) if concept else None)
+        return AdapterMetadata(
+            prompts=prompts, base_model=header.get("base_model", ""), seed=header_value(header, "seed"),
+            samples=SampleConfig(**header_value(header, "sample_config")),
+            train=TrainConfig(**{key: header_value(header, key) for key in _TRAIN_KEYS}),
+            saliency=config(SaliencyConfig, "saliency_config"),
+            timestep_config=config(TimestepConfig, "timestep_config"),
+            timestep_bin_edges=tuple(header_value(header, "timestep_bin_edges")),
+            timestep_scores=tuple(header_value(header, "timestep_scores")),
+            timestep_probabilities=tuple(header_value(header, "timestep_probabilities")),
+            modules=header_value(header, "modules"), module_fraction=header_value(header, "module_fraction"),
+            row_fraction=header_value(header, "row_fraction"),
+            forget_latents_given=header.get("forget_samples") == "given latents",
+            figures=ErasureFigures.from_header(header), created=header.get("created", ""))
 
 
 def _default_file_mode() -> int:
@@ -195,14 +335,9 @@ def read_metadata(path: os.PathLike) -> dict[str, str]:
 def describe(metadata: Mapping[str, str]) -> dict:
     """What a person wants to see about an adapter; tolerant of files that are not ours or have broken metadata."""
     def value(key, default=None):
-        raw = metadata.get(key)
-        if raw is None:
-            return default
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, TypeError):
-            return raw
+        return header_value(metadata, key, default)
     forget = value("forget_prompts", [])
+    figures = ErasureFigures.from_header(metadata)
     return {
         "is_spare": metadata.get("format") == FORMAT_NAME,
         "forget_prompts": forget if isinstance(forget, list) else [str(forget)],
@@ -215,9 +350,9 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "modules": value("modules"),
         "concept": value("concept", ""),
         "surrogate_concept": value("surrogate_concept", ""),
-        "steps_done": value("steps_done"),
-        "gap_closed": value("erasure_gap_closed"),
-        "retain_drift": value("erasure_retain_drift"),
+        "steps_done": figures.steps_done,
+        "gap_closed": figures.gap_closed,
+        "retain_drift": figures.retain_drift,
     }
 
 

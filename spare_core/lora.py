@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KOHYA_PREFIX = "lora_unet_"
+from .adapter import kohya_name  # the file's key names live with the file format
 
 
 def adaptable_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -29,11 +29,6 @@ def adaptable_modules(unet: nn.Module) -> dict[str, nn.Module]:
         elif isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
             found[name] = module
     return found
-
-
-def kohya_name(module_path: str) -> str:
-    """lora_unet_<path with dots as underscores>: the key stem every LoRA loader understands."""
-    return KOHYA_PREFIX + module_path.replace(".", "_")
 
 
 def max_rank(module: nn.Module) -> int:

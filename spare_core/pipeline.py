@@ -6,7 +6,9 @@ with the seeds every caller relies on (forget samples ``seed``, retain samples `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -18,9 +20,9 @@ from .samples import ConceptSamples, generate_samples
 from .timesteps import TimestepDistribution, select_timesteps
 from .trainer import StepCallback, TrainResult, train_adapter
 
-# Frozen (immutable) configs: safe to share as argument defaults.
-_DEFAULT_SALIENCY = SaliencyConfig()
-_DEFAULT_TIMESTEPS = TimestepConfig()
+# The stages' defaults. Frozen (immutable) configs: safe to share as argument defaults.
+DEFAULT_SALIENCY = SaliencyConfig()
+DEFAULT_TIMESTEPS = TimestepConfig()
 
 
 def _no_report(*_step_info) -> None:
@@ -47,6 +49,7 @@ class Erasure:
     timesteps: TimestepDistribution
     forget: ConceptSamples
     retain: ConceptSamples
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage that ran, by name
 
 
 def forget_samples(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, seed: int,
@@ -74,24 +77,44 @@ def erase_steps(samples: SampleConfig, train: TrainConfig, saliency_config: Sali
 
 def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, train: TrainConfig, seed: int,
           saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
-          forget_latents: Optional[torch.Tensor] = None, saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
-          timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS, report: Callable = _no_report,
+          forget_latents: Optional[torch.Tensor] = None, saliency_config: SaliencyConfig = DEFAULT_SALIENCY,
+          timestep_config: TimestepConfig = DEFAULT_TIMESTEPS, report: Callable = _no_report,
           on_step: Optional[StepCallback] = None) -> Erasure:
     """The whole method; ``saliency`` / ``timesteps`` given (from the stage nodes) replace their stages.
     ``report`` is called once per sampler step, saliency draw and timestep bin; ``on_step`` once per training step
     (the default calls ``report``)."""
-    forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
-    retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed + 1, report)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "samples", denoiser):
+        forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
+        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed + 1, report)
     if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
         saliency = every_module(denoiser.unet)  # nothing to rank: skip the gradient passes
         for _ in range(saliency_config.draws):
             report()
     elif saliency is None:
-        saliency = compute_saliency(denoiser, forget, prompts.retain, saliency_config, seed, report)
+        with _timed(seconds, "saliency", denoiser):
+            saliency = compute_saliency(denoiser, forget, prompts.retain, saliency_config, seed, report)
     if timesteps is None:
-        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, timestep_config, seed, report)
+        with _timed(seconds, "timesteps", denoiser):
+            timesteps = select_timesteps(denoiser, forget, prompts.surrogate, timestep_config, seed, report)
     if on_step is None:
         def on_step(step, loss, check=None):
             report()
-    result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, train, seed, on_step)
-    return Erasure(result, saliency, timesteps, forget, retain)
+    with _timed(seconds, "training", denoiser):
+        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, train, seed,
+                               on_step)
+    return Erasure(result, saliency, timesteps, forget, retain, seconds)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str, denoiser: Denoiser):
+    """Wall time of one stage; on a GPU after its queued kernels have finished, so that each stage is billed its
+    own work."""
+    def synchronize():
+        if denoiser.device.type == "cuda":
+            torch.cuda.synchronize(denoiser.device)
+    synchronize()
+    started = time.perf_counter()
+    yield
+    synchronize()
+    seconds[stage] = time.perf_counter() - started

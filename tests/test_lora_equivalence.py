@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 from devkit.erasure import predict, random_prompts
-from spare_core.adapter import ErasureAdapter, load_adapter, save_adapter
+from spare_core.adapter import ErasureAdapter, kohya_name, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
-from spare_core.lora import SparseLoRASet, adaptable_modules, kohya_name
+from spare_core.lora import SparseLoRASet, adaptable_modules
 from spare_core.saliency import compute_saliency
 from spare_core.samples import generate_samples
 from spare_core.timesteps import select_timesteps

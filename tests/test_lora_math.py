@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from spare_core.lora import SparseLoRA, SparseLoRASet, kohya_name
+from spare_core.adapter import kohya_name
+from spare_core.lora import SparseLoRA, SparseLoRASet
 
 
 class TwoLayers(nn.Module):

@@ -8,13 +8,13 @@ is ComfyUI's part: encoding, the session, progress, the adapter's metadata and t
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .. import charts, pipeline
-from ..adapter import ErasureAdapter, build_metadata
+from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts
@@ -22,10 +22,6 @@ from ..saliency import SaliencyMap, block_of, compute_saliency
 from ..timesteps import TimestepDistribution, select_timesteps
 from ..trainer import TrainResult
 from . import models, patches, progress, session
-
-# Frozen (immutable) configs: safe to share as argument defaults.
-_DEFAULT_SALIENCY = SaliencyConfig()
-_DEFAULT_TIMESTEPS = TimestepConfig()
 
 
 def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> EncodedPrompts:
@@ -71,39 +67,56 @@ class TrainedErasure:
 def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
                     saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
                     forget_latents: Optional[torch.Tensor] = None,
-                    saliency_config: SaliencyConfig = _DEFAULT_SALIENCY,
-                    timestep_config: TimestepConfig = _DEFAULT_TIMESTEPS,
+                    saliency_config: SaliencyConfig = pipeline.DEFAULT_SALIENCY,
+                    timestep_config: TimestepConfig = pipeline.DEFAULT_TIMESTEPS,
                     node_id: Optional[str] = None) -> TrainedErasure:
     """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``.
     ``node_id``: the Train node's id in the running graph, which the live loss curve is sent to."""
     family = models.model_family(model)
+    saliency_given, timesteps_given = saliency is not None, timesteps is not None
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(pipeline.erase_steps(samples, config, saliency_config, timestep_config,
-                                                        forget_latents is not None, saliency is not None,
-                                                        timesteps is not None))
+                                                        forget_latents is not None, saliency_given, timesteps_given))
     with session.denoiser_session(model) as denoiser:
         erasure = pipeline.erase(denoiser, encoded, samples, config, seed, saliency, timesteps, forget_latents,
                                  saliency_config, timestep_config, report, report.training(config.steps, node_id))
     result, saliency, timesteps = erasure.result, erasure.saliency, erasure.timesteps
     check = result.final_check
-    metadata = build_metadata(
-        forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate, retain_prompts=list(prompts.retain),
-        concept=prompts.concept, surrogate_concept=prompts.surrogate_concept,
-        surrogate_prompts=list(prompts.surrogates), steps_done=result.steps_done,
-        erasure_gap_closed=check.gap_closed, erasure_retain_drift=check.retain_drift,
-        erasure_concept_gap=round(check.concept_gap, 6),
-        erasure_checks=[[c.step, c.gap_closed, c.retain_drift] for c in result.checks],
-        base_model=family, modules=len(saliency.selected), module_fraction=saliency.module_fraction,
-        row_fraction=saliency.row_fraction, timestep_bin_edges=list(timesteps.bin_edges),
-        timestep_probabilities=[round(p, 6) for p in timesteps.probabilities], seed=seed,
-        final_loss=result.losses[-1],
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **asdict(config))
+    metadata = AdapterMetadata(
+        prompts=prompts, base_model=family, seed=seed, samples=samples, train=config,
+        saliency=None if saliency_given else saliency_config,
+        timestep_config=None if timesteps_given else timestep_config,
+        timestep_bin_edges=timesteps.bin_edges, timestep_scores=timesteps.scores,
+        timestep_probabilities=timesteps.probabilities, modules=len(saliency.selected),
+        module_fraction=saliency.module_fraction, row_fraction=saliency.row_fraction,
+        forget_latents_given=forget_latents is not None,
+        figures=ErasureFigures(steps_done=result.steps_done, gap_closed=check.gap_closed,
+                               retain_drift=check.retain_drift, concept_gap=check.concept_gap,
+                               checks=tuple((c.step, c.gap_closed, c.retain_drift) for c in result.checks),
+                               final_loss=result.losses[-1]),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")).to_header()
     adapter = ErasureAdapter(result.state_dict, metadata)
     title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
              f" · {result.steps_done} steps")
     return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
                           charts.line_chart(list(result.losses), title), result)
+
+
+def retrain_from_header(model, clip, metadata: AdapterMetadata) -> TrainedErasure:
+    """Train again the adapter that a header describes (``AdapterMetadata.from_header``), on the model it was made
+    from: the same tensors, bit for bit, on the same model, torch and device. Refuses a header that does not hold
+    everything the training used."""
+    reason = metadata.not_reproducible_because
+    if reason:
+        raise ValueError(f"this adapter cannot be trained again from its header alone: {reason}")
+    family = models.model_family(model)
+    if family != metadata.base_model:
+        raise ValueError(f"the adapter was made for a {metadata.base_model} model, this model is {family}")
+    timesteps = None if metadata.timestep_config is not None else TimestepDistribution(
+        metadata.timestep_bin_edges, metadata.timestep_scores, metadata.timestep_probabilities)
+    return train_for_model(model, clip, metadata.prompts, metadata.samples, metadata.train, metadata.seed,
+                           timesteps=timesteps, saliency_config=metadata.saliency,
+                           timestep_config=metadata.timestep_config or pipeline.DEFAULT_TIMESTEPS)
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:

@@ -10,12 +10,12 @@ A leaf of the runner: it imports neither ``batch`` nor the pools, which import i
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapter import ErasureFigures
 from .jobfile import Job
 
 TRAIN_NODE, SAVE_NODE = "SpareTrainAdapter", "SpareSaveAdapter"
@@ -73,8 +73,7 @@ def attempt_job(runtime, job: Job, checkpoint: Path, show_progress: bool = False
     if not run.success:
         error, bad_input = _error_text(run)
         return Attempt(False, error, bad_input, seconds=seconds)
-    metadata = run.outputs["2"][0][0].metadata
-    figures = {key: json.loads(metadata[name]) for key, name in (
-        ("gap_closed", "erasure_gap_closed"), ("retain_drift", "erasure_retain_drift"), ("steps_done", "steps_done"))
-        if name in metadata}
+    recorded = ErasureFigures.from_header(run.outputs["2"][0][0].metadata)
+    figures = {name: getattr(recorded, name) for name in ("gap_closed", "retain_drift", "steps_done")
+               if getattr(recorded, name) is not None}
     return Attempt(True, figures=figures, seconds=seconds)
