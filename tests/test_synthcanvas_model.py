@@ -4,6 +4,7 @@ and the example workflow erases a style from it.
 The example workflow is the suite's one erasure at the Train node's defaults (300 steps): it runs once, and the
 tests below judge its result on the workflow's own images and on held-out seeds and templates."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -131,6 +132,43 @@ def neon_erased(comfy, synthcanvas_checkpoint):
     run = comfy.run_prompt(json.loads(EXAMPLE.read_text()))
     assert run.success, run.error
     return run
+
+
+FIXED_SEED_DIGESTS = REPO / "tests" / "fixed_seed_adapters.json"
+
+
+def adapter_digest(path: Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: equal digests are the same adapter bit for bit."""
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as handle:
+        for key in sorted(handle.keys()):
+            tensor = handle.get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _comfyui_version() -> str:
+    try:
+        import comfyui_version  # ComfyUI's own version file, since 2025
+    except ImportError:
+        return "before comfyui_version.py"
+    return comfyui_version.__version__
+
+
+def test_the_example_erasure_is_the_same_adapter_bit_for_bit_as_recorded(comfy, neon_erased):
+    """Refactoring must not change what a user gets: the example workflow (fixed seed, the Train node's defaults)
+    gives the adapter recorded in tests/fixed_seed_adapters.json. Float kernels differ between CPU instruction sets,
+    torch builds and thread counts, so the digest is kept per platform; an unrecorded platform is skipped with the
+    digest to record (from a tree whose adapters are known to be right)."""
+    platform = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(), "comfyui": _comfyui_version()}
+    digest = adapter_digest(comfy.folder("loras") / "spare_erase_neon_00001_.safetensors")
+    recorded = [entry for entry in json.loads(FIXED_SEED_DIGESTS.read_text())["example_erase_neon"]
+                if entry["platform"] == platform]
+    if not recorded:
+        pytest.skip(f"no digest recorded for {platform}; this tree gives {digest}")
+    assert digest == recorded[0]["sha256"], "the example erasure no longer trains the recorded adapter"
 
 
 def test_the_example_trains_at_the_train_nodes_defaults(comfy):
