@@ -26,7 +26,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -63,8 +62,8 @@ def build(family: str, seed: int, comfy):
 
 
 def prompts_for(door, model, seed: int):
-    from devkit.erasure import Prompts
     from spare_core.denoiser import Conditioning
+    from spare_core.pipeline import EncodedPrompts
     generator = torch.Generator().manual_seed(seed)
     context_width, pooled_width = door.models.text_widths(model)
 
@@ -76,7 +75,7 @@ def prompts_for(door, model, seed: int):
             return Conditioning(context)
         pooled = None if pooled_width is None else torch.randn(1, pooled_width, generator=generator)
         return door.models.conditioning_from_tensors(model, context, pooled, width=64, height=64)
-    return Prompts(*(one(length) for length in UNPADDED_LENGTHS))
+    return EncodedPrompts(*(one(length) for length in UNPADDED_LENGTHS))
 
 
 def parameter_count(model) -> int:
@@ -84,31 +83,18 @@ def parameter_count(model) -> int:
 
 
 def one_erasure(door, model, prompts, steps: int, seed: int, keep=None) -> dict:
-    """samples → saliency → timesteps → training at the pack's defaults (module fraction 1, so saliency is
-    skipped as the Train node skips it), timed per stage; ``keep`` filters the adapted modules."""
-    from spare_core.config import SampleConfig, TimestepConfig, TrainConfig
+    """spare_core.pipeline.erase at the pack's defaults (module fraction 1, so saliency is skipped as the Train
+    node skips it), timed per stage; ``keep`` filters the adapted modules."""
+    from spare_core import pipeline
+    from spare_core.config import SampleConfig, TrainConfig
     from spare_core.saliency import SaliencyMap, every_module
-    from spare_core.samples import generate_samples
-    from spare_core.timesteps import select_timesteps
-    from spare_core.trainer import train_adapter
     samples = SampleConfig(width=64, height=64, cfg=door.models.sample_guidance_scale(model))
-    seconds = {}
     with door.session.denoiser_session(model) as denoiser:
-        started = time.perf_counter()
-        forget = generate_samples(denoiser, prompts.forget, prompts.uncond, samples, seed=seed)
-        retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed=seed + 1)
-        seconds["samples"] = time.perf_counter() - started
-        started = time.perf_counter()
-        timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=seed)
-        seconds["timesteps"] = time.perf_counter() - started
-        everything = every_module(denoiser.unet)
-        names = tuple(n for n in everything.selected if keep is None or keep(n))
+        names = tuple(n for n in every_module(denoiser.unet).selected if keep is None or keep(n))
         saliency = SaliencyMap({n: 1.0 for n in names}, names, {n: None for n in names}, 1.0, 1.0)
-        started = time.perf_counter()
-        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(steps=steps), seed=seed)
-        seconds["training"] = time.perf_counter() - started
-    return {"seconds": seconds, "result": result, "forget": forget, "retain": retain, "modules": len(names)}
+        erasure = pipeline.erase(denoiser, prompts, samples, TrainConfig(steps=steps), seed, saliency=saliency)
+    return {"seconds": erasure.seconds, "result": erasure.result, "forget": erasure.forget, "retain": erasure.retain,
+            "modules": len(names)}
 
 
 def main() -> int:

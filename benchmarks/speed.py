@@ -163,35 +163,28 @@ def warm_up(door, model, cond, settings) -> None:
 
 
 def run_spare(door, model, cond, settings, dense: bool) -> dict:
+    from spare_core import pipeline
     from spare_core.adapter import ErasureAdapter, save_adapter
-    from spare_core.config import SaliencyConfig, TimestepConfig, TrainConfig
+    from spare_core.config import SaliencyConfig, TrainConfig
     from spare_core.lora import adaptable_modules
-    from spare_core.saliency import SaliencyMap, compute_saliency
-    from spare_core.samples import generate_samples
-    from spare_core.timesteps import select_timesteps
-    from spare_core.trainer import train_adapter
-    stages: dict = {}
+    from spare_core.saliency import SaliencyMap
     reset_memory()
     config = TrainConfig(steps=settings.train_steps, batch_size=settings.batch_size,
                          gradient_checkpointing=settings.gradient_checkpointing)
+    prompts = pipeline.EncodedPrompts(cond["forget"], cond["surrogate"], cond["retain"], cond["uncond"])
     with door.session.denoiser_session(model) as denoiser:
-        with timed(stages, "samples"):
-            forget = generate_samples(denoiser, cond["forget"], cond["uncond"], settings.samples, seed=0)
-            retain = generate_samples(denoiser, cond["retain"], cond["uncond"], settings.samples, seed=1)
+        saliency = None
         if dense:
             names = tuple(adaptable_modules(denoiser.unet))
             saliency = SaliencyMap({n: 1.0 for n in names}, names, {n: None for n in names}, 1.0, 1.0)
-        else:
-            with timed(stages, "saliency"):
-                # The sparse path (half the modules, the SPARE reference's fraction); the Train node's default
-                # adapts every module, which is the dense_lora row's adapter.
-                saliency = compute_saliency(denoiser, forget, cond["retain"], SaliencyConfig(module_fraction=0.5),
-                                            seed=0)
-        with timed(stages, "timesteps"):
-            timesteps = select_timesteps(denoiser, forget, cond["surrogate"], TimestepConfig(), seed=0)
-        with timed(stages, "train"):
-            result = train_adapter(denoiser, saliency, timesteps, forget, cond["surrogate"], retain, config, seed=0)
+        # The sparse path ranks half the modules (the SPARE reference's fraction); the Train node's default adapts
+        # every module, which is the dense_lora row's adapter.
+        erasure = pipeline.erase(denoiser, prompts, settings.samples, config, seed=0, saliency=saliency,
+                                 saliency_config=SaliencyConfig(module_fraction=0.5))
+        result, saliency, forget = erasure.result, erasure.saliency, erasure.forget
         reference = reference_step_seconds(denoiser, saliency, forget, cond, config)
+    # The stages as earlier results name them ("train", not the pipeline's "training").
+    stages = {("train" if name == "training" else name): round(seconds, 4) for name, seconds in erasure.seconds.items()}
     memory = peak_memory_gb()
     with tempfile.TemporaryDirectory() as folder, timed(stages, "save"):
         path = save_adapter(ErasureAdapter(result.state_dict), Path(folder) / "adapter.safetensors")

@@ -107,6 +107,12 @@ class Denoiser:
         return x0 + sigma.view(-1, 1, 1, 1) * noise, sigma
 
 
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Gaussian noise drawn from a CPU generator and moved to ``device``: a seed gives the same draws on every device
+    (a CUDA generator's stream differs), so every stage draws its noise here."""
+    return torch.randn(shape, generator=generator).to(device)
+
+
 def flow_sigmas_as_noise_levels(flow_sigmas: torch.Tensor) -> torch.Tensor:
     """A flow schedule s as the noise levels s / (1 - s) of x_0 + sigma * eps (the same process, rescaled by
     1 / (1 - s)). Its top entry, s = 1 (pure noise, sigma infinite), takes the largest finite level of the schedule."""

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import SaliencyConfig
-from .denoiser import Conditioning, Denoiser
+from .denoiser import Conditioning, Denoiser, draw_noise
 from .lora import adaptable_modules
 from .samples import ConceptSamples
 
@@ -106,7 +106,7 @@ def accumulate_row_saliency(denoiser: Denoiser, forget: ConceptSamples, retain: 
             handles.append(w.register_post_accumulate_grad_hook(reduce_and_drop(name)))
         for draw in range(draws):
             x0 = forget.latents.to(denoiser.device)
-            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            noise = draw_noise(x0.shape, generator, x0.device)
             index = torch.randint(denoiser.num_timesteps, (count,), generator=generator)
             x_t, sigma = denoiser.add_noise(x0, noise, index)
             repeat = len(conds)

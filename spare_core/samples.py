@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from .config import SampleConfig
-from .denoiser import Conditioning, Denoiser
+from .denoiser import Conditioning, Denoiser, draw_noise
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditio
     count = len(cond)
     shape = (count, denoiser.latent_channels, config.height // 8, config.width // 8)
     sigmas = sampling_sigmas(denoiser, config.steps)
-    x = torch.randn(shape, generator=generator).to(denoiser.device) * sigmas[0]
+    x = draw_noise(shape, generator, denoiser.device) * sigmas[0]
     uncond_rows = uncond.select(torch.zeros(count, dtype=torch.long))
     both = Conditioning.cat([cond.to(denoiser.device, denoiser.dtype), uncond_rows.to(denoiser.device, denoiser.dtype)])
     x = euler_with_guidance(denoiser, x, sigmas, both, config.cfg, on_step)

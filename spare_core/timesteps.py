@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .config import TimestepConfig
-from .denoiser import Conditioning, Denoiser
+from .denoiser import Conditioning, Denoiser, draw_noise
 from .saliency import keep_count
 from .samples import ConceptSamples
 
@@ -80,7 +80,7 @@ def select_timesteps(denoiser: Denoiser, forget: ConceptSamples, surrogate: Cond
         for _ in range(config.draws_per_bin):
             batch = forget.pick(min(len(forget), config.samples_per_draw), generator)
             x0 = batch.latents.to(denoiser.device)
-            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            noise = draw_noise(x0.shape, generator, x0.device)
             index = torch.randint(edges[k], edges[k + 1], (x0.shape[0],), generator=generator)
             x_t, sigma = denoiser.add_noise(x0, noise, index)
             both = Conditioning.cat([batch.cond, batch.surrogates(surrogate)]).to(denoiser.device, denoiser.dtype)

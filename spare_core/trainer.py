@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import TrainConfig
-from .denoiser import Conditioning, Denoiser
+from .denoiser import Conditioning, Denoiser, draw_noise
 from .lora import SparseLoRASet
 from .saliency import SaliencyMap
 from .samples import ConceptSamples
@@ -48,6 +48,27 @@ class ErasureCheck:
     step: int
     concept_gap: float = 0.0  # rms(σ·(ε_T(x_t, c_f) − ε_T(x_t, c_s))) itself: how much the concept changes the picture
 
+    @staticmethod
+    def measure(step: int, concept: torch.Tensor, surrogate: torch.Tensor, student_forget: torch.Tensor,
+                retain: torch.Tensor, student_retain: torch.Tensor, sigma_forget: torch.Tensor,
+                sigma_retain: torch.Tensor, overshoot: float = 0.0) -> "ErasureCheck":
+        """The figures above from noise predictions on the same draws: the frozen model's (``concept``,
+        ``surrogate``, ``retain``) and the erased model's (``student_*``), with each draw's σ. The one definition
+        of "gap closed": the trainer's check, the test helpers and the benchmarks all measure through it."""
+        # Root-mean-square norms, not squared errors: sampling with guidance scale w multiplies what is left of the
+        # concept direction by w, so a residual of a quarter of the gap (94 % of its squared error gone) still draws
+        # the concept at w = 4. The norm ratio says that plainly. Each noise residual is weighed by its sigma, i.e.
+        # compared as denoised images (x0 = x_t − σ·ε): in noise space the low-noise draws dominate, yet the
+        # high-noise steps of a sampler decide what the picture shows.
+        weight_f = sigma_forget.view(-1, 1, 1, 1).to(concept.device)
+        weight_r = sigma_retain.view(-1, 1, 1, 1).to(concept.device)
+        # With overshoot the training target lies past the surrogate; the share closed is measured towards it.
+        target = surrogate + overshoot * (surrogate - concept)
+        gap = float((weight_f * (concept - surrogate)).pow(2).mean().sqrt()) or torch.finfo(torch.float32).tiny
+        remaining = float((weight_f * (student_forget - target)).pow(2).mean().sqrt())
+        drift = float((weight_r * (student_retain - retain)).pow(2).mean().sqrt())
+        return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap)
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -71,7 +92,7 @@ StepCallback = Callable[..., None]  # (step, loss, ErasureCheck or None)
 
 def _noisy(samples: ConceptSamples, indices: torch.Tensor, denoiser: Denoiser, generator: torch.Generator):
     x0 = samples.latents.to(denoiser.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    noise = draw_noise(x0.shape, generator, x0.device)
     return denoiser.add_noise(x0, noise, indices)
 
 
@@ -170,20 +191,8 @@ def _student_check(denoiser: Denoiser, batch: _CheckBatch, teacher, step: int, o
     x = torch.cat([batch.x_forget, batch.x_retain])
     sigma = torch.cat([batch.sigma_forget, batch.sigma_retain])
     student_forget, student_retain = _predict(denoiser, x, sigma, [batch.forget.cond, batch.retain.cond])
-    # Root-mean-square norms, not squared errors: sampling with guidance scale w multiplies what is left of the
-    # concept direction by w, so a residual of a quarter of the gap (94 % of its squared error gone) still draws
-    # the concept at w = 4. The norm ratio says that plainly. Each noise residual is weighed by its sigma, i.e.
-    # compared as denoised images (x0 = x_t − σ·ε): in noise space the low-noise draws dominate, yet the high-noise
-    # steps of a sampler decide what the picture shows.
-    weight_f = batch.sigma_forget.view(-1, 1, 1, 1).to(concept.device)
-    weight_r = batch.sigma_retain.view(-1, 1, 1, 1).to(concept.device)
-    # With overshoot the training target lies past the surrogate; the share closed is measured towards it.
-    target = surrogate + overshoot * (surrogate - concept)
-    tiny = torch.finfo(torch.float32).tiny
-    gap = float((weight_f * (concept - surrogate)).pow(2).mean().sqrt()) or tiny
-    remaining = float((weight_f * (student_forget - target)).pow(2).mean().sqrt())
-    drift = float((weight_r * (student_retain - retain)).pow(2).mean().sqrt())
-    return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap)
+    return ErasureCheck.measure(step, concept, surrogate, student_forget, retain, student_retain,
+                                batch.sigma_forget, batch.sigma_retain, overshoot)
 
 
 # Teacher passes of several steps in one batch: on a CPU a batch of 6 small latents costs about as much as one of

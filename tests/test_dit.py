@@ -20,7 +20,7 @@ import torch
 from conftest import assert_bit_identical, unet_snapshot
 
 from devkit import model_factory
-from devkit.erasure import Prompts, held_out_gap, predict
+from devkit.erasure import held_out_gap, predict
 from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
@@ -88,7 +88,7 @@ def family(request):
 UNPADDED_LENGTHS = (7, 5, 9, 1)
 
 
-def random_prompts(door, model, seed: int) -> Prompts:
+def random_prompts(door, model, seed: int) -> pipeline.EncodedPrompts:
     """Four unrelated prompts as text-encoder-scale tensors, made into the model's inputs by ComfyUI's own
     extra_conds (pooled vector, Flux's guidance, Lumina 2's token count)."""
     generator = torch.Generator().manual_seed(seed)
@@ -99,7 +99,7 @@ def random_prompts(door, model, seed: int) -> Prompts:
         context = torch.randn(1, length if unpadded else 77, context_width, generator=generator)
         pooled = None if pooled_width is None else torch.randn(1, pooled_width, generator=generator)
         return door.models.conditioning_from_tensors(model, context, pooled, width=64, height=64)
-    return Prompts(*(one(length) for length in UNPADDED_LENGTHS))
+    return pipeline.EncodedPrompts(*(one(length) for length in UNPADDED_LENGTHS))
 
 
 def test_families_are_recognised_with_their_flow_schedules_and_inputs(door, family):
@@ -195,9 +195,8 @@ def trained(door, family):
     name = door.models.model_family(model)
     prompts = random_prompts(door, model, seed=1)
     snapshot = unet_snapshot(model)
-    encoded = pipeline.EncodedPrompts(prompts.forget, prompts.surrogate, prompts.retain, prompts.uncond)
     with door.session.denoiser_session(model) as denoiser:
-        erasure = pipeline.erase(denoiser, encoded, SAMPLES,
+        erasure = pipeline.erase(denoiser, prompts, SAMPLES,
                                  TrainConfig(rank=8, steps=150, learning_rate=3e-3, retain_weight=2.0, overshoot=0.0),
                                  seed=0, saliency_config=SaliencyConfig(draws=2),
                                  timestep_config=TimestepConfig(bins=4, draws_per_bin=2))

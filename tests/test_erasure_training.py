@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import assert_bit_identical, unet_snapshot
 
-from devkit.erasure import predict, random_prompts
+from devkit.erasure import held_out_check, held_out_gap, random_prompts
+from spare_core import pipeline
 from spare_core.adapter import ErasureAdapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.saliency import compute_saliency
@@ -19,6 +20,9 @@ from spare_core.trainer import NonFiniteLossError, recomputed_in_backward, train
 
 SAMPLES = SampleConfig(samples_per_prompt=4, steps=4, width=64, height=64)
 TRAIN_STEPS, LEARNING_RATE = 400, 3e-3
+# Half the modules by contrast saliency: on random weights plain SalUn scores put the output conv and skips on top for
+# any prompt (docs/architecture.md); these tests are about the trainer and a sparse adapter.
+CONTRAST_HALF = SaliencyConfig(module_fraction=0.5, retain_contrast=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -28,77 +32,45 @@ def samples(door, small_sd15):
     with door.session.denoiser_session(small_sd15) as denoiser:
         forget = generate_samples(denoiser, prompts.forget, prompts.uncond, SAMPLES, seed=0)
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, SAMPLES, seed=1)
-        # Half the modules by contrast saliency: on random weights plain SalUn scores put the output conv and skips
-        # on top for any prompt (docs/architecture.md); this test is about the trainer and a sparse adapter.
-        config = SaliencyConfig(module_fraction=0.5, retain_contrast=1.0)
-        saliency = compute_saliency(denoiser, forget, prompts.retain, config, seed=0)
+        saliency = compute_saliency(denoiser, forget, prompts.retain, CONTRAST_HALF, seed=0)
         timesteps = select_timesteps(denoiser, forget, prompts.surrogate, TimestepConfig(), seed=0)
     return prompts, forget, retain, saliency, timesteps
 
 
 @pytest.fixture(scope="module")
-def erasure(door, small_sd15, samples):
-    """One full SPARE run (samples → saliency → timesteps → distillation) on the 64-channel SD1.5 model."""
-    prompts, forget, retain, saliency, timesteps = samples
+def erasure(door, small_sd15):
+    """One full SPARE run (spare_core.pipeline.erase: samples → saliency → timesteps → distillation) on the
+    64-channel SD1.5 model, with the stages' settings of the samples fixture above."""
+    prompts = random_prompts()
     snapshot = unet_snapshot(small_sd15)
     with door.session.denoiser_session(small_sd15) as denoiser:
-        result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain,
-                               TrainConfig(rank=8, steps=TRAIN_STEPS, learning_rate=LEARNING_RATE, retain_weight=2.0,
-                                           overshoot=0.0), seed=0)
-    return prompts, forget, retain, saliency, result, snapshot
+        erased = pipeline.erase(denoiser, prompts, SAMPLES,
+                                TrainConfig(rank=8, steps=TRAIN_STEPS, learning_rate=LEARNING_RATE, retain_weight=2.0,
+                                            overshoot=0.0), seed=0, saliency_config=CONTRAST_HALF)
+    return prompts, erased.forget, erased.retain, erased.saliency, erased.result, snapshot
 
 
 def test_erasure_moves_the_concept_to_the_surrogate_and_keeps_retained_concepts(door, small_sd15, erasure):
+    """Held out: noise and timesteps never seen in training (a different generator, uniform over the schedule),
+    the erased model through ComfyUI's own LoRA patching."""
     prompts, forget, retain, _, result, _ = erasure
     erased = door.patches.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
-    # Held out: noise and timesteps never seen in training (a different generator, uniform over the schedule).
-    generator = torch.Generator().manual_seed(12345)
-    repeats = 4
-    forget_x0, retain_x0 = forget.latents.repeat(repeats, 1, 1, 1), retain.latents.repeat(repeats, 1, 1, 1)
-    noise = torch.randn(forget_x0.shape, generator=generator)
-    indices = torch.randint(0, 1000, (forget_x0.shape[0],), generator=generator)
-
-    teacher_forget = predict(door, small_sd15, forget_x0, noise, indices, prompts.forget)
-    teacher_surrogate = predict(door, small_sd15, forget_x0, noise, indices, prompts.surrogate)
-    student_forget = predict(door, erased, forget_x0, noise, indices, prompts.forget)
-    teacher_retain = predict(door, small_sd15, retain_x0, noise, indices, prompts.retain)
-    student_retain = predict(door, erased, retain_x0, noise, indices, prompts.retain)
-
-    initial_gap = (teacher_forget - teacher_surrogate).norm()
-    remaining_gap = (student_forget - teacher_surrogate).norm()
-    retain_drift = (student_retain - teacher_retain).norm()
-    assert remaining_gap <= 0.30 * initial_gap, f"forget gap only fell from {initial_gap:.4f} to {remaining_gap:.4f}"
-    assert retain_drift <= 0.10 * initial_gap, f"retain drift {retain_drift:.4f} vs initial gap {initial_gap:.4f}"
-
-
-def _held_out(door, forget, seed: int):
-    """Fixed held-out draws (4 per forget latent, noise and timesteps from their own generator): returns a
-    function giving any model's noise prediction on them for a conditioning, and the draws' timestep indices."""
-    generator = torch.Generator().manual_seed(seed)
-    x0 = forget.latents.repeat(4, 1, 1, 1)
-    noise = torch.randn(x0.shape, generator=generator)
-    indices = torch.randint(0, 1000, (x0.shape[0],), generator=generator)
-
-    def on(model, cond):
-        return predict(door, model, x0, noise, indices, cond)
-    return on, indices
+    measured = held_out_gap(door, small_sd15, erased, prompts, forget, retain)
+    assert measured.remaining_gap <= 0.30, measured
+    assert measured.retain_drift <= 0.10, measured
 
 
 def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(door, small_sd15, erasure):
-    """The trainer's own figures (held-out noise, its own generator): 0 before training by construction, then the
-    share of the gap closed that an independent measure (the test above's) also sees."""
-    prompts, forget, _, _, result, _ = erasure
+    """The trainer's own figures (its fixed held-out draws, the adapter's hooks): 0 before training by construction,
+    then the share of the gap closed that the same measure (ErasureCheck.measure) sees on other draws, through
+    ComfyUI's LoRA patching."""
+    prompts, forget, retain, _, result, _ = erasure
     first, last = result.checks[0], result.final_check
     assert (first.step, first.gap_closed, first.retain_drift) == (0, 0.0, 0.0)
     assert last.step == result.steps_done == TRAIN_STEPS and last.concept_gap > 0
     erased = door.patches.apply_adapter(small_sd15, ErasureAdapter(result.state_dict), 1.0)
-    on, indices = _held_out(door, forget, seed=777)
-    teacher, surrogate = on(small_sd15, prompts.forget), on(small_sd15, prompts.surrogate)
-    student = on(erased, prompts.forget)
-    with door.session.denoiser_session(small_sd15) as denoiser:  # residuals compared as denoised images: σ·ε
-        sigma = denoiser.sigmas.float().cpu()[indices].view(-1, 1, 1, 1)
-    independent = 1 - float((sigma * (student - surrogate)).norm() / (sigma * (teacher - surrogate)).norm())
-    assert abs(last.gap_closed - independent) <= 0.15, (last, independent)
+    independent = held_out_check(door, small_sd15, erased, prompts, forget, retain, seed=777)
+    assert abs(last.gap_closed - independent.gap_closed) <= 0.15, (last, independent)
 
 
 def test_loss_falls_and_adapter_is_sparse(door, small_sd15, erasure):

@@ -20,9 +20,8 @@ def test_sd2_v_prediction_erasure(comfy, door):
     assert isinstance(model.model.model_sampling, comfy.model_sampling.V_PREDICTION)
     prompts = random_prompts(context_dim=1024, seed=3)
     samples = SampleConfig(samples_per_prompt=2, steps=3, width=64, height=64)
-    encoded = pipeline.EncodedPrompts(prompts.forget, prompts.surrogate, prompts.retain, prompts.uncond)
     with door.session.denoiser_session(model) as denoiser:
-        erasure = pipeline.erase(denoiser, encoded, samples, TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0),
+        erasure = pipeline.erase(denoiser, prompts, samples, TrainConfig(steps=40, learning_rate=3e-3, overshoot=0.0),
                                  seed=0, saliency_config=SaliencyConfig(draws=2),
                                  timestep_config=TimestepConfig(bins=4, draws_per_bin=2))
     result, forget = erasure.result, erasure.forget
