@@ -4,7 +4,7 @@
 - ``erasure``: raw-conditioning helpers for running the core on a ComfyUI MODEL (random prompts, predictions);
 - ``workflow_format``: API-format prompts to and from the UI format ComfyUI's editor saves.
 
-ComfyUI itself is booted by the pack's ``spare_core.comfyui.headless``. The repository root is on the path of the
+ComfyUI itself is booted by the pack's ``spare_core.runner.headless``. The repository root is on the path of the
 project's virtual environment (``scripts/setup_env.sh`` writes a ``.pth`` file), so ``import devkit`` works from
 any entry point without path edits.
 """
