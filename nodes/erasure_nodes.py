@@ -10,7 +10,7 @@ import os
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.comfyui import files, jobs, models, patches
 from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
-from ..spare_core.prompts import PHRASE_RULE, ErasurePrompts
+from ..spare_core.prompts import CONCEPT_LINES_RULE, PHRASE_RULE, ErasurePrompts
 
 CATEGORY = "SPARE"
 SALIENCY, TIMESTEPS, ADAPTER = "SPARE_SALIENCY", "SPARE_TIMESTEPS", "SPARE_ADAPTER"
@@ -22,12 +22,13 @@ MODEL_INPUT = ("MODEL", {"tooltip": f"The diffusion model to erase a concept fro
 CLIP_INPUT = ("CLIP", {"tooltip": "The text encoder that belongs to the model; it encodes the prompts below."})
 FORGET_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "The concept to erase: a phrase such as 'Van Gogh style' or 'a cat', or full "
-                                      "prompts, one per line. " + PHRASE_RULE})
+                                      "prompts, one per line. " + PHRASE_RULE + " " + CONCEPT_LINES_RULE})
 SURROGATE_INPUT = ("STRING", {"multiline": True, "default": "a painting",
                               "tooltip": "What the concept should turn into: a phrase for a concept phrase ('pastel "
                                          "style', 'a painting' for a style, 'a dog' for 'a cat'); for full prompts one "
                                          "line for all of them, or one line per forget prompt in the same order. Empty "
-                                         "= the unconditional prediction."})
+                                         "= the unconditional prediction. Not used when the forget box has 'concept "
+                                         "-> surrogate' lines."})
 RETAIN_INPUT = ("STRING", {"multiline": True, "default": "",
                            "tooltip": "Concepts to keep unchanged, one per line; neighbours of the erased concept "
                                       "protect best. With a concept phrase, short lines are phrases too ('Monet "

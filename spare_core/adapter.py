@@ -192,7 +192,8 @@ class AdapterMetadata:
         return build_metadata(
             forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate,
             retain_prompts=list(prompts.retain), concept=prompts.concept,
-            surrogate_concept=prompts.surrogate_concept, surrogate_prompts=list(prompts.surrogates),
+            surrogate_concept=prompts.surrogate_concept, concepts=[list(pair) for pair in prompts.concepts],
+            surrogate_prompts=list(prompts.surrogates),
             base_model=self.base_model, seed=self.seed, modules=self.modules,
             module_fraction=self.module_fraction, row_fraction=self.row_fraction,
             sample_config=asdict(self.samples),
@@ -226,7 +227,8 @@ class AdapterMetadata:
             tuple(header_value(header, "forget_prompts")), header.get("surrogate_prompt", ""),
             tuple(header_value(header, "retain_prompts")), concept=concept,
             surrogate_concept=header.get("surrogate_concept", ""),
-            expanded_surrogates=tuple(header_value(header, "surrogate_prompts")) if concept else None)
+            expanded_surrogates=tuple(header_value(header, "surrogate_prompts")) if concept else None,
+            concepts=tuple(tuple(pair) for pair in header_value(header, "concepts", [])))
         return AdapterMetadata(
             prompts=prompts, base_model=header.get("base_model", ""), seed=header_value(header, "seed"),
             samples=SampleConfig(**header_value(header, "sample_config")),
@@ -350,6 +352,7 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "modules": value("modules"),
         "concept": value("concept", ""),
         "surrogate_concept": value("surrogate_concept", ""),
+        "concepts": value("concepts", []),
         "steps_done": figures.steps_done,
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,

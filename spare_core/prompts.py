@@ -5,6 +5,9 @@ line is such a phrase: it is expanded here into varied forget / surrogate prompt
 context), so the erasure holds for prompts the user never wrote. The retain phrases supply that context (a
 style is drawn on the retained subjects, a subject in the retained styles) and are expanded the same way, so the
 retain term covers the same prompt forms. Several lines, or a longer line, are full prompts used as written.
+
+Several concepts go in one job as lines of the form "concept -> surrogate" (a takedown list): each concept is
+expanded like a single phrase, with its own surrogate, and all of them train one adapter.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ DEFAULT_STYLES = ("photo", "oil painting", "watercolor", "sketch", "cartoon", "d
 # Expansion sizes: enough variety for the erasure to generalise, few enough that sampling stays cheap.
 MAX_FORGET_PAIRS = 24
 RETAIN_PROMPTS_PER_PHRASE = 1
+# Several concepts share the budget of one phrase, but each keeps at least this many pairs (one per SynthCanvas
+# subject or style): an 8-concept job samples 64 pairs, not 192, so its sampling stays within ~3x a single job's.
+MIN_PAIRS_PER_CONCEPT = 8
+# "concept -> surrogate" lines; the arrow character is accepted too.
+CONCEPT_ARROWS = ("->", "\u2192")
+# One job trains every concept's samples together; past this many, split the list and stack the adapters.
+MAX_CONCEPTS = 16
+CONCEPT_LINES_RULE = (f"Several concepts in one job: one line each, 'concept -> surrogate' (e.g. 'neon style -> "
+                      f"pastel style' and 'a star -> a circle'), at most {MAX_CONCEPTS} lines; the surrogates then "
+                      f"come from those lines.")
 
 
 def parse_prompts(text: str, input_name: str, required: bool = True) -> list[str]:
@@ -91,42 +104,114 @@ class Expansion:
     retain: tuple[str, ...]
 
 
-def expand_phrase(concept: str, surrogate: str, retain_phrases: list[str]) -> Expansion:
+def _context(phrases: list[str], avoid: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(subjects, styles) the phrases offer as context, or the common ones where they offer none; never one of
+    the ``avoid`` concepts (the other concepts a job erases)."""
+    styles = tuple(style_name(p) for p in phrases if is_style(p))
+    subjects = tuple(p for p in phrases if not is_style(p))
+    banned = {_normalise(a).lower() for a in avoid} | {style_name(a).lower() for a in avoid if is_style(a)}
+    return (tuple(x for x in subjects or DEFAULT_SUBJECTS if x.lower() not in banned) or DEFAULT_SUBJECTS[:1],
+            tuple(x for x in styles or DEFAULT_STYLES if x.lower() not in banned) or DEFAULT_STYLES[:1])
+
+
+def kept_prompts(phrases: list[str], subjects: tuple[str, ...], styles: tuple[str, ...]) -> list[str]:
+    """Prompts for concepts to keep, in the forms the concept is erased in: a style drawn on the subjects, a
+    subject in the styles."""
+    prompts = []
+    for k, phrase in enumerate(phrases):
+        for r in range(RETAIN_PROMPTS_PER_PHRASE):
+            n = k * RETAIN_PROMPTS_PER_PHRASE + r
+            if is_style(phrase):
+                prompts.append(STYLE_TEMPLATES[n % len(STYLE_TEMPLATES)].format(
+                    s=style_name(phrase), x=subjects[n % len(subjects)]))
+            else:
+                template, style = _subject(phrase, styles, n + len(SUBJECT_TEMPLATES) * (r % 2))
+                prompts.append(template.format(x=phrase, s=style))
+    return prompts
+
+
+def pairs_per_concept(count: int) -> int:
+    """Forget / surrogate pairs each of ``count`` concepts expands to."""
+    return max(MIN_PAIRS_PER_CONCEPT, MAX_FORGET_PAIRS // max(1, count))
+
+
+def _arrow_split(line: str) -> tuple[str, str, str]:
+    for arrow in CONCEPT_ARROWS:
+        if arrow in line:
+            concept, _, surrogate = line.partition(arrow)
+            return concept, arrow, surrogate
+    return line, "", ""
+
+
+def has_concept_lines(text: str) -> bool:
+    return any(_arrow_split(line)[1] for line in (text or "").splitlines())
+
+
+def parse_concept_lines(text: str, input_name: str = "forget_prompts") -> tuple[tuple[str, str], ...]:
+    """(concept, surrogate) per 'concept -> surrogate' line, each checked; a list a job can train in one go."""
+    lines = [(number, line.strip()) for number, line in enumerate((text or "").splitlines(), 1) if line.strip()]
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for number, line in lines:
+        concept, arrow, surrogate = _arrow_split(line)
+        concept, surrogate = _normalise(concept), _normalise(surrogate)
+        if not arrow:
+            raise ValueError(f"{input_name} line {number} {line!r} has no surrogate: with several concepts, write "
+                             f"every line as 'concept -> surrogate' (e.g. '{line} -> a painting')")
+        if not concept:
+            raise ValueError(f"{input_name} line {number} {line!r} has nothing before '{arrow}': write the concept "
+                             f"to erase there")
+        if not surrogate:
+            raise ValueError(f"{input_name} line {number} {line!r} has no surrogate after '{arrow}': write what "
+                             f"{concept!r} should turn into (e.g. 'a painting' for a style, 'a dog' for 'a cat')")
+        long = [phrase for phrase in (concept, surrogate) if len(phrase.split()) > PHRASE_MAX_WORDS]
+        if long:
+            raise ValueError(f"{input_name} line {number}: {long[0]!r} has {len(long[0].split())} words; 'concept -> "
+                             f"surrogate' lines take phrases of at most {PHRASE_MAX_WORDS} words (e.g. 'neon style -> "
+                             f"pastel style'), which the pack expands into prompts itself")
+        if concept.lower() == surrogate.lower():
+            raise ValueError(f"{input_name} line {number}: the surrogate of {concept!r} is the concept itself; the "
+                             f"surrogate is what the concept should turn into, so it must differ")
+        if concept.lower() in seen:
+            raise ValueError(f"{input_name} names the concept {concept!r} twice (lines {seen[concept.lower()]} and "
+                             f"{number}): list each concept once")
+        seen[concept.lower()] = number
+        pairs.append((concept, surrogate))
+    for concept, surrogate in pairs:
+        if surrogate.lower() in seen:
+            raise ValueError(f"{input_name}: the surrogate {surrogate!r} of {concept!r} is itself erased (line "
+                             f"{seen[surrogate.lower()]}): map each concept onto something the adapter keeps")
+    if len(pairs) > MAX_CONCEPTS:
+        raise ValueError(f"{input_name} lists {len(pairs)} concepts, but one job trains at most {MAX_CONCEPTS} "
+                         f"together: split the list into jobs of up to {MAX_CONCEPTS} and stack their adapters")
+    return tuple(pairs)
+
+
+def expand_phrase(concept: str, surrogate: str, retain_phrases: list[str],
+                  max_pairs: int = MAX_FORGET_PAIRS, avoid: tuple[str, ...] = ()) -> Expansion:
     """The phrase path. A style is drawn on subjects (the retained subjects, else common ones) in every caption
     form; a subject is written bare and in styles (the retained styles, else common ones). The surrogate takes
     the concept's place in each prompt. Retain phrases become prompts of the same forms, never combined with
-    the concept."""
+    the concept. ``avoid``: concepts never used as context (the other concepts of the same job)."""
     concept, surrogate = _normalise(concept), _normalise(surrogate)
-    retain_styles = tuple(style_name(p) for p in retain_phrases if is_style(p))
-    retain_subjects = tuple(p for p in retain_phrases if not is_style(p))
-    subjects = retain_subjects or DEFAULT_SUBJECTS
-    styles = retain_styles or DEFAULT_STYLES
+    subjects, styles = _context(retain_phrases, avoid)
     forget, surrogates = [], []
     if is_style(concept):
         name = style_name(concept)
         replacement = style_name(surrogate) if is_style(surrogate) else surrogate
-        for t, x in _spread(MAX_FORGET_PAIRS, len(STYLE_TEMPLATES), len(subjects)):
+        for t, x in _spread(max_pairs, len(STYLE_TEMPLATES), len(subjects)):
             template, subject = STYLE_TEMPLATES[t], subjects[x]
             forget.append(template.format(s=name, x=subject))
             # A surrogate that is not a style ("a painting") replaces the whole style clause.
             surrogates.append(template.format(s=replacement, x=subject) if is_style(surrogate) or not surrogate
                               else f"{subject}, {surrogate}")
     else:
-        for k in range(MAX_FORGET_PAIRS):
+        for k in range(max_pairs):
             template, style = _subject(concept, styles, k)
             forget.append(template.format(x=concept, s=style))
             surrogates.append(template.format(x=surrogate, s=style) if surrogate else
                               (style and f"{style} style picture") or "")
-    retain = []
-    for k, phrase in enumerate(retain_phrases):
-        for r in range(RETAIN_PROMPTS_PER_PHRASE):
-            n = k * RETAIN_PROMPTS_PER_PHRASE + r
-            if is_style(phrase):
-                retain.append(STYLE_TEMPLATES[n % len(STYLE_TEMPLATES)].format(
-                    s=style_name(phrase), x=subjects[n % len(subjects)]))
-            else:
-                template, style = _subject(phrase, styles, n + len(SUBJECT_TEMPLATES) * (r % 2))
-                retain.append(template.format(x=phrase, s=style))
+    retain = kept_prompts(retain_phrases, subjects, styles)
     forget_pairs = list(dict.fromkeys(zip(forget, surrogates, strict=True)))
     return Expansion(tuple(f for f, _ in forget_pairs), tuple(s for _, s in forget_pairs),
                      tuple(dict.fromkeys(retain)))
@@ -135,7 +220,8 @@ def expand_phrase(concept: str, surrogate: str, retain_phrases: list[str]) -> Ex
 @dataclass(frozen=True)
 class ErasurePrompts:
     """``forget`` and ``surrogates`` are aligned (one surrogate line for all, or one per forget prompt);
-    ``concept`` / ``surrogate_concept`` hold the phrases when the phrase path expanded them."""
+    ``concept`` / ``surrogate_concept`` hold the phrases when the phrase path expanded them (joined with '; ' for
+    several concepts, each (concept, surrogate) pair in ``concepts``)."""
 
     forget: tuple[str, ...]
     surrogate: str
@@ -143,6 +229,7 @@ class ErasurePrompts:
     concept: str = ""
     surrogate_concept: str = ""
     expanded_surrogates: Optional[tuple[str, ...]] = None
+    concepts: tuple[tuple[str, str], ...] = ()
 
     @property
     def surrogates(self) -> tuple[str, ...]:
@@ -158,8 +245,23 @@ class ErasurePrompts:
         needs_surrogate = surrogate is not None
         surrogate = (surrogate or "").strip()
         retain = parse_prompts(retain_text, "retain_prompts", required=False)
+        if has_concept_lines(forget_text):
+            if needs_surrogate and len(parse_prompts(surrogate, "surrogate_prompt", required=False)) > 1:
+                raise ValueError("surrogate_prompt has several lines, but forget_prompts gives each concept its "
+                                 "surrogate ('concept -> surrogate' lines): write the surrogates there and leave "
+                                 "surrogate_prompt as one line (it is not used)")
+            return ErasurePrompts._from_concepts(parse_concept_lines(forget_text), retain, needs_surrogate)
         if is_concept_phrase(forget_text):
-            return ErasurePrompts._from_phrase(forget[0], surrogate, retain, needs_surrogate)
+            if needs_surrogate and len(parse_prompts(surrogate, "surrogate_prompt", required=False)) > 1:
+                raise ValueError(f"surrogate_prompt has several lines, but forget_prompts is the concept phrase "
+                                 f"{forget[0]!r}: give one surrogate phrase (e.g. 'a painting', 'a dog'), or erase "
+                                 f"several concepts with 'concept -> surrogate' lines")
+            if needs_surrogate and _normalise(surrogate).lower() == _normalise(forget[0]).lower():
+                raise ValueError(f"surrogate_prompt {surrogate!r} equals the concept phrase {forget[0]!r}: the "
+                                 f"surrogate is what the concept should turn into, so it must differ (e.g. 'a "
+                                 f"painting' for a style, 'a dog' for 'a cat')")
+            return ErasurePrompts._from_concepts(((_normalise(forget[0]), _normalise(surrogate)),), retain,
+                                                 needs_surrogate)
         lines = parse_prompts(surrogate, "surrogate_prompt", required=False) or [""]
         if needs_surrogate and len(lines) not in (1, len(forget)):
             raise ValueError(f"surrogate_prompt has {len(lines)} lines for {len(forget)} forget prompts: write one "
@@ -173,27 +275,31 @@ class ErasurePrompts:
         return ErasurePrompts(tuple(forget), surrogate, tuple(retain))
 
     @staticmethod
-    def _from_phrase(concept: str, surrogate: str, retain: list[str], needs_surrogate: bool) -> "ErasurePrompts":
-        if needs_surrogate and len(parse_prompts(surrogate, "surrogate_prompt", required=False)) > 1:
-            raise ValueError(f"surrogate_prompt has several lines, but forget_prompts is the concept phrase "
-                             f"{concept!r}: give one surrogate phrase (e.g. 'a painting', 'a dog')")
-        if needs_surrogate and _normalise(surrogate).lower() == _normalise(concept).lower():
-            raise ValueError(f"surrogate_prompt {surrogate!r} equals the concept phrase {concept!r}: the surrogate "
-                             f"is what the concept should turn into, so it must differ (e.g. 'a painting' for a "
-                             f"style, 'a dog' for 'a cat')")
-        clash = [p for p in retain if _normalise(p).lower() == _normalise(concept).lower()]
+    def _from_concepts(pairs: tuple[tuple[str, str], ...], retain: list[str],
+                       needs_surrogate: bool) -> "ErasurePrompts":
+        erased = {concept.lower(): concept for concept, _ in pairs}
+        clash = [p for p in retain if _normalise(p).lower() in erased]
         if clash:
             raise ValueError(f"retain_prompts contains the concept {clash[0]!r}: a concept cannot be both erased "
                              f"and kept")
         # Long retain lines are full prompts and stay as written; short ones are phrases to expand.
         phrases = [p for p in retain if len(p.split()) <= PHRASE_MAX_WORDS]
         written = [p for p in retain if len(p.split()) > PHRASE_MAX_WORDS]
-        expansion = expand_phrase(concept, surrogate, phrases)
-        retain_prompts = tuple(dict.fromkeys(expansion.retain + tuple(written)))
-        _check_retain(list(retain_prompts), list(expansion.forget))
-        return ErasurePrompts(expansion.forget, surrogate, retain_prompts, concept=_normalise(concept),
-                              surrogate_concept=_normalise(surrogate),
-                              expanded_surrogates=expansion.surrogates if needs_surrogate else None)
+        forget, surrogates, retain_prompts = [], [], []
+        for concept, surrogate in pairs:
+            # The other concepts of the job are never drawn as context; one concept alone is expanded exactly as
+            # before several were possible, so its adapter is the same.
+            expansion = expand_phrase(concept, surrogate, phrases, pairs_per_concept(len(pairs)),
+                                      avoid=tuple(c for c, _ in pairs) if len(pairs) > 1 else ())
+            forget += expansion.forget
+            surrogates += expansion.surrogates
+            retain_prompts += expansion.retain
+        retain_prompts = list(dict.fromkeys(retain_prompts + written))
+        _check_retain(retain_prompts, forget)
+        return ErasurePrompts(tuple(forget), pairs[0][1] if len(pairs) == 1 else "", tuple(retain_prompts),
+                              concept="; ".join(c for c, _ in pairs), surrogate_concept="; ".join(s for _, s in pairs),
+                              expanded_surrogates=tuple(surrogates) if needs_surrogate else None,
+                              concepts=pairs if needs_surrogate else tuple((c, "") for c, _ in pairs))
 
     @property
     def retain_or_unconditional(self) -> tuple[str, ...]:

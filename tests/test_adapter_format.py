@@ -30,7 +30,8 @@ def _metadata(prompts: ErasurePrompts, **changes) -> AdapterMetadata:
 @pytest.mark.parametrize("prompts", [
     ErasurePrompts.parse("Van Gogh style", "a painting", "Monet style\na dog"),
     ErasurePrompts.parse("a cat on a sofa\na cat in a garden", "a dog on a sofa\na dog in a garden", ""),
-], ids=["concept phrase", "full prompts"])
+    ErasurePrompts.parse("neon style -> pastel style\na star -> a circle", "a painting", "a ring\nmosaic style"),
+], ids=["concept phrase", "full prompts", "several concepts"])
 def test_the_header_holds_every_setting_exactly(prompts):
     metadata = _metadata(prompts)
     header = metadata.to_header()

@@ -360,6 +360,16 @@ def test_each_surrogate_line_is_shown_apart(page):
     assert lines[:3] == ["erases: a cat on a sofa | a cat in a garden", "→ a dog on a sofa", "→ a dog in a garden"]
 
 
+def test_an_adapter_of_several_concepts_shows_each_with_its_surrogate(page):
+    lines = page.evaluate("""async () => {
+        const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
+        return adapterSummary({is_spare: true, concept: 'neon style; a star',
+                               surrogate_concept: 'pastel style; a circle',
+                               concepts: [['neon style', 'pastel style'], ['a star', 'a circle']], rank: 4});
+    }""")
+    assert lines[:3] == ["erases: neon style → pastel style", "erases: a star → a circle", "rank 4"]
+
+
 def _queue_and_wait(server, prompt: dict, timeout: float = PATIENCE_MS / 1000) -> dict:
     request = urllib.request.Request(f"{server[0]}/prompt", data=json.dumps({"prompt": prompt}).encode(),
                                      headers={"Content-Type": "application/json"})

@@ -69,3 +69,59 @@ def test_full_prompts_are_used_as_written():
 def test_phrase_errors_name_the_input(forget, surrogate, retain, message):
     with pytest.raises(ValueError, match=message):
         ErasurePrompts.parse(forget, surrogate, retain)
+
+
+def test_concept_lines_put_several_concepts_in_one_job_each_with_its_surrogate():
+    prompts = ErasurePrompts.parse("neon style -> pastel style\na star → a circle\n\nmosaic style -> sketch style",
+                                   "a painting", "a ring\na square\nstriped style")
+    assert prompts.concepts == (("neon style", "pastel style"), ("a star", "a circle"),
+                                ("mosaic style", "sketch style"))
+    # Each concept expands like a phrase, with its own surrogate in its place; the budget is shared (8 pairs each
+    # here, where one concept alone gets 24).
+    by_concept = {concept: [(f, s) for f, s in zip(prompts.forget, prompts.surrogates, strict=True)
+                            if (concept.split()[0] if "style" in concept else concept) in f]
+                  for concept, _ in prompts.concepts}
+    assert [len(pairs) for pairs in by_concept.values()] == [8, 8, 8]
+    assert all("pastel" in s for _, s in by_concept["neon style"])
+    assert all("a circle" in s and "a star" not in s for _, s in by_concept["a star"])
+    # No erased concept is drawn as another's context or kept by the retain term.
+    for concept, _ in prompts.concepts:
+        others = [c for c, _ in prompts.concepts if c != concept]
+        mine = [f for f, _ in by_concept[concept]]
+        assert not any(("neon" in f and "neon" not in concept) or ("a star" in f and concept != "a star")
+                       or ("mosaic" in f and "mosaic" not in concept) for f in mine), (concept, others, mine)
+    assert not any(word in r for r in prompts.retain for word in ("neon", "a star", "mosaic"))
+    assert prompts.retain and any("a ring" in r for r in prompts.retain)
+
+
+def test_one_concept_line_is_the_single_phrase_path():
+    """'neon style -> pastel style' alone is exactly the phrase 'neon style' with the surrogate 'pastel style'."""
+    line = ErasurePrompts.parse("neon style -> pastel style", "a painting", "a star\nmosaic style")
+    phrase = ErasurePrompts.parse("neon style", "pastel style", "a star\nmosaic style")
+    assert (line.forget, line.surrogates, line.retain) == (phrase.forget, phrase.surrogates, phrase.retain)
+    assert phrase.concepts == line.concepts == (("neon style", "pastel style"),)
+
+
+@pytest.mark.parametrize("forget, surrogate, retain, message", [
+    ("neon style -> pastel style\nmosaic style", "a painting", "",
+     r"line 2 'mosaic style' has no surrogate: .* 'concept -> surrogate'"),
+    ("neon style -> pastel style\n -> a circle", "a painting", "", r"line 2 .* has nothing before '->'"),
+    ("neon style -> pastel style\na star ->", "a painting", "", r"line 2 'a star ->' has no surrogate after '->'"),
+    ("neon style -> pastel style\nNeon style -> sketch style", "a painting", "",
+     r"names the concept 'Neon style' twice \(lines 1 and 2\)"),
+    ("neon style -> pastel style\na star -> a circle", "a painting", "a star",
+     r"retain_prompts contains the concept 'a star'"),
+    ("neon style -> pastel style\npastel style -> sketch style", "a painting", "",
+     r"the surrogate 'pastel style' of 'neon style' is itself erased \(line 2\)"),
+    ("neon style -> neon style", "a painting", "", r"line 1: the surrogate of 'neon style' is the concept itself"),
+    ("a painting in the style of Van Gogh -> a painting", "a painting", "",
+     r"line 1: 'a painting in the style of Van Gogh' has 8 words; .* at most 4 words"),
+    ("neon style -> pastel style", "a painting\na photo", "", r"surrogate_prompt has several lines, but "
+     r"forget_prompts gives each concept its surrogate"),
+    ("\n".join(f"style{n} style -> pastel style" for n in range(17)), "a painting", "",
+     r"lists 17 concepts, but one job trains at most 16 together"),
+], ids=["line without arrow", "nothing before", "nothing after", "twice", "also retained", "surrogate erased",
+        "surrogate is itself", "too long", "aligned surrogate lines", "too many"])
+def test_concept_line_errors_name_the_line(forget, surrogate, retain, message):
+    with pytest.raises(ValueError, match=message):
+        ErasurePrompts.parse(forget, surrogate, retain)

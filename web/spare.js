@@ -32,7 +32,9 @@ export function adapterSummary(info) {
   if (info.is_spare === false && !(info.forget_prompts || []).length) return ["LoRA without SPARE metadata"];
   const forget = info.concept ? String(info.concept)
     : Array.isArray(info.forget_prompts) ? info.forget_prompts.join(" | ") : String(info.forget_prompts ?? "?");
-  const lines = [`erases: ${forget || "?"}`, ...surrogateLines(info).map((line) => `→ ${line}`)];
+  const lines = severalConcepts(info)
+    ? info.concepts.map(([concept, surrogate]) => `erases: ${concept} → ${surrogate || "(unconditional)"}`)
+    : [`erases: ${forget || "?"}`, ...surrogateLines(info).map((line) => `→ ${line}`)];
   if (typeof info.gap_closed === "number") {
     const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
     lines.push(`erasure check: ${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`);
@@ -45,6 +47,12 @@ export function adapterSummary(info) {
   if (info.created) facts.push(String(info.created).slice(0, 10));
   if (facts.length) lines.push(facts.join(" · "));
   return lines;
+}
+
+function severalConcepts(info) {
+  // An adapter trained on several "concept -> surrogate" lines: one line each, concept beside its surrogate.
+  return Array.isArray(info.concepts) && info.concepts.length > 1
+    && info.concepts.every((pair) => Array.isArray(pair) && pair.length === 2);
 }
 
 export function surrogateLines(info) {
