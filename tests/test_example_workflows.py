@@ -56,9 +56,10 @@ def example_adapters(comfy, compact_sd1_checkpoint):
 
 
 def test_every_example_is_covered():
-    # synthcanvas_erase_style runs on the demo model, in test_synthcanvas_model.py.
+    # synthcanvas_erase_style and erase_several run on the demo model, in test_synthcanvas_model.py and
+    # test_several_concepts.py.
     assert {p.stem for p in API_FILES} == set(SAVES) | {"compare_saved_adapter", "stack_and_remove",
-                                                         "synthcanvas_erase_style"}
+                                                         "synthcanvas_erase_style", "erase_several"}
 
 
 @pytest.mark.parametrize("name", list(SAVES))
