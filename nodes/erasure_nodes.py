@@ -172,9 +172,16 @@ class SpareTrainAdapter:
             "unique_id": "UNIQUE_ID",
         }}
 
-    def train(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
-              retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
-              forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, unique_id=None):
+    def train(self, **inputs):
+        trained = self.job(**inputs)
+        return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
+
+    def job(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
+            retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
+            forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, unique_id=None):
+        """The node's inputs turned into one training job; the whole result (``jobs.TrainedErasure``: adapter,
+        MODEL, chart, the training's figures and each stage's seconds) for callers that want more than the
+        outputs, such as the benchmarks."""
         prompts = ErasurePrompts.parse(forget_prompts, surrogate_prompt, retain_prompts)
         if erase_target is None:  # a workflow saved before the input existed
             erase_target = TrainConfig().erase_target
@@ -184,9 +191,8 @@ class SpareTrainAdapter:
                              retain_weight=retain_weight, batch_size=batch_size,
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
                              overshoot=overshoot)
-        trained = jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
-                                       saliency, timesteps, _latents(model, forget_latents), node_id=unique_id)
-        return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
+        return jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
+                                    saliency, timesteps, _latents(model, forget_latents), node_id=unique_id)
 
 
 ADAPTER_INPUT = (ADAPTER, {"tooltip": "An erasure adapter from Train SPARE Adapter or Load Erasure Adapter."})

@@ -83,3 +83,19 @@ def test_held_out_seed_every_concept_erased_and_the_others_kept(comfy, several_e
     assert ua_before <= 0.15, ua_before  # the unerased model draws the concepts
     assert ua_after >= 0.9, (ua_after, ua_before)
     assert kept_after >= kept_before - 2 / len(kept_pairs), (kept_after, kept_before)  # at most two of 12 lost
+
+
+def test_multi_concept_benchmark_smoke(comfy, synthcanvas_checkpoint, tmp_path):
+    """The benchmark's path for joint and stacked rows (3 training steps on one sample per prompt, 4 sampler steps,
+    one image per pair, paraphrases of the two concepts only): the
+    rows are written after each, a second call skips them, and the figures sit beside the unerased model's."""
+    from benchmarks import synthcanvas_multi
+    results = synthcanvas_multi.measure(comfy, ["joint:2", "stacked:2"], {}, tmp_path / "multi.json", tmp_path,
+                                        repeats=1, steps=3, sampler_steps=4, paraphrase_set=2, samples=1)
+    written = json.loads((tmp_path / "multi.json").read_text())
+    assert written["joint"]["2"]["concepts"] == written["stacked"]["2"]["concepts"] == ["style:neon", "object:star"]
+    assert set(written["base"]["2"]["per_concept"]) == {"style:neon", "object:star"}
+    assert written["stacked"]["2"]["adapter_mb"] == pytest.approx(2 * written["joint"]["2"]["adapter_mb"], rel=0.01)
+    assert (tmp_path / "joint_2.png").is_file()
+    assert results["joint"]["2"] == written["joint"]["2"]
+    assert synthcanvas_multi.main(["--rows", "joint:2,stacked:2", "--json", str(tmp_path / "multi.json")]) == 0

@@ -62,6 +62,7 @@ class TrainedErasure:
     model: object
     loss_chart: torch.Tensor
     result: TrainResult
+    seconds: dict[str, float]  # wall time of each stage that ran (pipeline.Erasure.seconds)
 
 
 def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TrainConfig, seed: int,
@@ -99,7 +100,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
              f" · {result.steps_done} steps")
     return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
-                          charts.line_chart(list(result.losses), title), result)
+                          charts.line_chart(list(result.losses), title), result, erasure.seconds)
 
 
 def retrain_from_header(model, clip, metadata: AdapterMetadata) -> TrainedErasure:
