@@ -172,8 +172,8 @@ class SpareTrainAdapter:
             "unique_id": "UNIQUE_ID",
         }}
 
-    def train(self, **inputs):
-        trained = self.job(**inputs)
+    def train(self, *inputs, **named_inputs):
+        trained = self.job(*inputs, **named_inputs)
         return _with_adapter_info(trained.adapter, (trained.adapter, trained.model, trained.loss_chart))
 
     def job(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
