@@ -44,6 +44,7 @@ from benchmarks.unlearncanvas import (
     node_defaults,
     parse_concepts,
     phrase,
+    user_phrases,
 )
 from spare_core.runner import headless
 from synthcanvas import demo_model, evaluation
@@ -138,7 +139,6 @@ class Methods:
 
     def single(self, concept: Concept) -> dict:
         if concept.label() not in self.singles:
-            from benchmarks.unlearncanvas import user_phrases
             forget, surrogate, retain = user_phrases(concept)
             trained, seconds = self._train(f"{forget} -> {surrogate}", retain)
             self.singles[concept.label()] = {"adapter": trained.adapter,
@@ -160,9 +160,8 @@ class Methods:
         started = time.perf_counter()
         context = self.eraser._context
         erase = [(context(phrase(c.domain, c.name))[0], context(phrase(c.domain, c.surrogate))[0]) for c in concepts]
-        erased = {c.label() for c in concepts}
-        kept = [p for c in concepts for p in c.retain_prompts()
-                if not any(name in p for label in erased for name in [label.split(":")[1]])]
+        # Each concept's preserved prompts (UCE's own retain set), less those that show another erased concept.
+        kept = [p for c in concepts for p in c.retain_prompts() if not any(e.name in p for e in concepts)]
         preserve = [context(p)[0] for p in dict.fromkeys(kept)]
         weights = edit_uce(_base_unet(self.model), erase, preserve)
         seconds = time.perf_counter() - started

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import workflows
 
 from spare_core.adapter import AdapterMetadata, describe, load_adapter
 from synthcanvas import evaluation
@@ -21,11 +22,7 @@ HELD_OUT_SEED = 4_000_017  # neither training's seeds, the recipe's dev seeds no
 
 @pytest.fixture(scope="module")
 def several_erased(comfy, synthcanvas_checkpoint):
-    for earlier in comfy.folder("loras").glob("spare_erase_several_*_.safetensors"):
-        earlier.unlink()
-    run = comfy.run_prompt(json.loads(EXAMPLE.read_text()))
-    assert run.success, run.error
-    return run
+    return workflows.run_example_saving_first(comfy, EXAMPLE, "spare_erase_several")
 
 
 def test_one_adapter_records_every_concept_with_its_surrogate(comfy, several_erased):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import workflows
 from safetensors import safe_open
 
 from benchmarks import unlearncanvas
@@ -127,11 +128,7 @@ EXAMPLE = REPO / "example_workflows" / "api" / "synthcanvas_erase_style.json"
 @pytest.fixture(scope="module")
 def neon_erased(comfy, synthcanvas_checkpoint):
     """The example workflow through ComfyUI's executor: neon style erased at the Train node's defaults."""
-    for earlier in comfy.folder("loras").glob("spare_erase_neon_*_.safetensors"):
-        earlier.unlink()
-    run = comfy.run_prompt(json.loads(EXAMPLE.read_text()))
-    assert run.success, run.error
-    return run
+    return workflows.run_example_saving_first(comfy, EXAMPLE, "spare_erase_neon")
 
 
 FIXED_SEED_DIGESTS = REPO / "tests" / "fixed_seed_adapters.json"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 FORGET = "a painting in the style of Van Gogh"
 SURROGATE = "a painting"
 RETAIN = "a photo of a dog\na painting in the style of Monet"
@@ -80,3 +83,13 @@ def shrink_for_cpu(prompt: dict, train_steps: int, checkpoint: str) -> dict:
         if node["class_type"] == "KSampler":
             inputs["steps"] = 4
     return prompt
+
+
+def run_example_saving_first(comfy, example: Path, adapter_file_name: str):
+    """Runs an example workflow that saves its adapter with a counter, after removing earlier numbered saves, so
+    that this run writes <adapter_file_name>_00001_.safetensors."""
+    for earlier in comfy.folder("loras").glob(f"{adapter_file_name}_*_.safetensors"):
+        earlier.unlink()
+    run = comfy.run_prompt(json.loads(example.read_text()))
+    assert run.success, run.error
+    return run
