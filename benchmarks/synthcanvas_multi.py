@@ -65,13 +65,17 @@ REPEATS = 2
 class Judged:
     """The shared image set: prompts with their (object, style) and kind, the same for every row."""
 
-    def __init__(self, repeats: int = REPEATS, paraphrase_set: int = 8):
+    def __init__(self, repeats: int = REPEATS, paraphrase_set: int | None = 8,
+                 templates: tuple[str, ...] = (TRAIN_TEMPLATES[0],)):
+        """Every (object, style) pair ``repeats`` times on each of ``templates`` ("main"), and each concept of
+        ``SETS[paraphrase_set]`` on the held-out templates (none when ``paraphrase_set`` is None)."""
         self.prompts, self.objects, self.styles, self.kind = [], [], [], []
-        for _ in range(repeats):
-            for o in OBJECTS:
-                for s in STYLES:
-                    self._add(caption(o, s, TRAIN_TEMPLATES[0]), o, s, "main")
-        for concept in SETS[paraphrase_set]:
+        for template in templates:
+            for _ in range(repeats):
+                for o in OBJECTS:
+                    for s in STYLES:
+                        self._add(caption(o, s, template), o, s, "main")
+        for concept in SETS[paraphrase_set] if paraphrase_set else ():
             for o, s in concept.pairs():
                 for template in HELD_OUT_TEMPLATES:
                     self._add(caption(o, s, template), o, s, f"paraphrase:{concept.label()}")
@@ -97,10 +101,11 @@ class Judged:
             own = predicted_styles if concept.domain == "style" else predicted_objects
             paraphrased = [own[i] != concept.index for i, kind in enumerate(self.kind)
                            if kind == f"paraphrase:{concept.label()}"]
-            per_concept[concept.label()] = {"UA": scores.ua, "IRA": scores.ira, "CRA": scores.cra,
-                                            "paraphrase_UA": sum(paraphrased) / len(paraphrased)}
-        return {**{key: round(float(np.mean([v[key] for v in per_concept.values()])), 4)
-                   for key in ("UA", "IRA", "CRA", "paraphrase_UA")},
+            per_concept[concept.label()] = {"UA": scores.ua, "IRA": scores.ira, "CRA": scores.cra}
+            if paraphrased:
+                per_concept[concept.label()]["paraphrase_UA"] = sum(paraphrased) / len(paraphrased)
+        keys = next(iter(per_concept.values())).keys()
+        return {**{key: round(float(np.mean([v[key] for v in per_concept.values()])), 4) for key in keys},
                 "per_concept": {label: {k: round(v, 4) for k, v in values.items()}
                                 for label, values in per_concept.items()}}
 
@@ -124,7 +129,7 @@ class Methods:
         self.eraser = Eraser(runtime, model, clip, Settings())
         self.singles: dict[str, dict] = {}
 
-    def _train(self, forget: str, retain: str):
+    def train_job(self, forget: str, retain: str):
         inputs = {**node_defaults(self.nodes["SpareTrainAdapter"]), "model": self.model, "clip": self.clip,
                   "forget_prompts": forget, "retain_prompts": retain, **self.train_overrides}
         started = time.perf_counter()
@@ -133,14 +138,14 @@ class Methods:
 
     def joint(self, concepts: list[Concept]) -> dict:
         forget, retain = joint_lines(concepts)
-        trained, seconds = self._train(forget, retain)
+        trained, seconds = self.train_job(forget, retain)
         return {"model": trained.model, "adapter": trained.adapter, "training_seconds": trained.seconds["training"],
                 "seconds": seconds}
 
     def single(self, concept: Concept) -> dict:
         if concept.label() not in self.singles:
             forget, surrogate, retain = user_phrases(concept)
-            trained, seconds = self._train(f"{forget} -> {surrogate}", retain)
+            trained, seconds = self.train_job(f"{forget} -> {surrogate}", retain)
             self.singles[concept.label()] = {"adapter": trained.adapter,
                                              "training_seconds": trained.seconds["training"], "seconds": seconds}
         return self.singles[concept.label()]

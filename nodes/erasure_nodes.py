@@ -9,7 +9,14 @@ import os
 
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.comfyui import files, jobs, models, patches
-from ..spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig, help_text
+from ..spare_core.config import (
+    SaliencyConfig,
+    SampleConfig,
+    TimestepConfig,
+    TrainConfig,
+    help_text,
+    steps_for_concepts,
+)
 from ..spare_core.prompts import CONCEPT_LINES_RULE, PHRASE_RULE, ErasurePrompts
 
 CATEGORY = "SPARE"
@@ -148,7 +155,10 @@ class SpareTrainAdapter:
             "surrogate_prompt": SURROGATE_INPUT, "retain_prompts": RETAIN_INPUT,
             "rank": number("INT", "rank", 1, 128),
             "alpha": number("FLOAT", "alpha", 0.01, 256.0, 0.01),
-            "steps": number("INT", "steps", 1, 100000),
+            "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 100000,
+                              "tooltip": help_text(TrainConfig, "steps") + " With k 'concept -> surrogate' lines the "
+                                         "job trains round(steps·√k) steps (k = 8: 849 for 300), chosen on a dev "
+                                         "split; the adapter's header records the steps it trained."}),
             "learning_rate": number("FLOAT", "learning_rate", 1e-7, 1.0, 1e-5),
             "retain_weight": number("FLOAT", "retain_weight", 0.0, 100.0, 0.05),
             "batch_size": number("INT", "batch_size", 1, 64),
@@ -187,7 +197,8 @@ class SpareTrainAdapter:
             erase_target = TrainConfig().erase_target
         if overshoot is None:
             overshoot = TrainConfig().overshoot
-        config = TrainConfig(rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
+        config = TrainConfig(rank=rank, alpha=alpha, steps=steps_for_concepts(steps, len(prompts.concepts)),
+                             learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size,
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
                              overshoot=overshoot)

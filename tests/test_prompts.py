@@ -125,3 +125,10 @@ def test_one_concept_line_is_the_single_phrase_path():
 def test_concept_line_errors_name_the_line(forget, surrogate, retain, message):
     with pytest.raises(ValueError, match=message):
         ErasurePrompts.parse(forget, surrogate, retain)
+
+
+@pytest.mark.parametrize("concepts, steps", [(0, 300), (1, 300), (2, 424), (4, 600), (8, 849), (16, 1200)])
+def test_a_job_of_k_concepts_trains_steps_times_root_k(concepts, steps):
+    # k = 0 is a job of full prompts (no concept lines): it trains the steps it is given, as one concept does.
+    from spare_core.config import steps_for_concepts
+    assert steps_for_concepts(300, concepts) == steps

@@ -33,6 +33,8 @@ def test_one_adapter_records_every_concept_with_its_surrogate(comfy, several_era
     # What the Load node and the adapter library show.
     assert describe(adapter.metadata)["concepts"] == [["neon style", "pastel style"], ["mosaic style", "pastel style"],
                                                       ["a star", "a circle"]]
+    # Three concepts train the node's 300 steps times √3 (the budget rule), and the header says so.
+    assert metadata.train.steps == metadata.figures.steps_done == 520
     # The retain term never holds an erased concept.
     assert not any(word in prompt for prompt in metadata.prompts.retain for word in ("neon", "mosaic", "star"))
 
