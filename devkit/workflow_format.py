@@ -56,8 +56,13 @@ def api_to_ui(api: dict, node_classes: dict) -> dict:
                 source_type = node_classes[api[value[0]]["class_type"]].RETURN_TYPES[value[1]]
                 links.append([link_id, source, value[1], ids[node_id], len(inputs), source_type])
                 outgoing.setdefault((source, value[1]), []).append(link_id)
-            inputs.append({"name": name, "type": type_spec[0] if isinstance(type_spec[0], str) else "COMBO",
-                           "link": link_id})
+            entry = {"name": name, "type": type_spec[0] if isinstance(type_spec[0], str) else "COMBO", "link": link_id}
+            if _is_widget(type_spec):
+                # A widget fed by a link, as the editor saves one: it keeps its place (and a value) among the
+                # widget values, which the editor assigns by position.
+                entry["widget"] = {"name": name}
+                widgets.append(type_spec[1].get("default", "") if len(type_spec) > 1 else "")
+            inputs.append(entry)
         column = _depth(api, node_id, depth_memo)
         top = column_tops.get(column, 60)
         height = _height(cls, inputs, len(widgets))
@@ -96,6 +101,8 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
             if name in linked:
                 link = links[linked[name]]
                 inputs[name] = [str(link[1]), link[2]]
+                if _is_widget(type_spec):
+                    next(values)  # a linked widget keeps its place among the widget values
             elif _is_widget(type_spec):
                 inputs[name] = next(values)
                 if name in SEED_INPUTS and type_spec[0] == "INT":

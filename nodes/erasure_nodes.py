@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from ..spare_core import neighbours
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.comfyui import files, jobs, models, patches
 from ..spare_core.config import (
@@ -21,6 +22,7 @@ from ..spare_core.prompts import CONCEPT_LINES_RULE, PHRASE_RULE, ErasurePrompts
 
 CATEGORY = "SPARE"
 SALIENCY, TIMESTEPS, ADAPTER = "SPARE_SALIENCY", "SPARE_TIMESTEPS", "SPARE_ADAPTER"
+NEIGHBOURS = "SPARE_NEIGHBOURS"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 # The families come from the list the model check itself refuses others with, so the tooltip cannot drift from it.
@@ -129,6 +131,51 @@ class SpareTimestepSelector:
         return jobs.timesteps_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed)
 
 
+class SpareConceptNeighbourhood:
+    DESCRIPTION = ("Finds the concepts an erasure of this concept is most likely to damage (its neighbourhood), among "
+                   "a built-in vocabulary and your own candidates: wire them into Train's retain box or its "
+                   "neighbours input to keep them.")
+    CATEGORY = CATEGORY
+    FUNCTION = "find"
+    RETURN_TYPES = (NEIGHBOURS, "STRING", "IMAGE")
+    RETURN_NAMES = ("neighbours", "retain_lines", "chart")
+    OUTPUT_TOOLTIPS = ("The nearest concepts with their distances; connect to Train SPARE Adapter's neighbours input.",
+                       "The same concepts one per line, for any retain box.",
+                       "Closeness of each neighbour (the nearest has the tallest bar).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": MODEL_INPUT, "clip": CLIP_INPUT,
+            "concept": ("STRING", {"default": "", "tooltip": "The concept you will erase, as a phrase ('neon style', "
+                                                             "'a cat')."}),
+            "count": ("INT", {"default": 3, "min": 1, "max": neighbours.MAX_NEIGHBOURS,
+                              "tooltip": f"How many neighbours to keep (1 to {neighbours.MAX_NEIGHBOURS})."}),
+            "vocabulary": (neighbours.vocabularies(), {
+                "default": "general",
+                "tooltip": "Built-in candidates: 'general' (a few hundred art styles, artists' styles, objects, "
+                           "animals and people), 'synthcanvas' (the demo model's 16 concepts), or 'none' (only your "
+                           "lines below)."}),
+            "ranking": (list(neighbours.RANKINGS), {
+                "default": "text",
+                "tooltip": "How nearness is measured. 'text': the text encoder's conditionings (instant). 'model': "
+                           "how alike the denoiser's predictions for the two concepts are on the concept's own "
+                           f"samples (one pass per candidate and draw; scores the {neighbours.MODEL_SHORTLIST} "
+                           "candidates nearest by text)."}),
+            "samples": SAMPLES_INPUT, "resolution": RESOLUTION_INPUT, "seed": SEED_INPUT,
+        }, "optional": {
+            "candidates": ("STRING", {"multiline": True, "default": "",
+                                      "tooltip": "Your own candidate concepts, one phrase per line, ranked together "
+                                                 "with the vocabulary's."}),
+        }}
+
+    def find(self, model, clip, concept, count, vocabulary, ranking, samples, resolution, seed, candidates=""):
+        names = neighbours.candidate_list(concept, neighbours.read_vocabulary(vocabulary), candidates)
+        found, chart = jobs.neighbourhood_for_model(model, clip, concept.strip(), names, count, ranking,
+                                                    _samples(model, samples, resolution), seed)
+        return found, found.retain_lines(), chart
+
+
 class SpareTrainAdapter:
     DESCRIPTION = ("Trains a sparse erasure LoRA by self-distillation: the concept is mapped onto the surrogate "
                    "while the retain prompts keep their behaviour. The input model is not changed.")
@@ -177,6 +224,10 @@ class SpareTrainAdapter:
                                                   "checked on held-out noise every few steps; 'steps' is then the cap. "
                                                   "0 = always train all steps."}),
             "overshoot": number("FLOAT", "overshoot", 0.0, 4.0, 0.05),
+            "neighbours": (NEIGHBOURS, {"tooltip": "From Concept Neighbourhood: concepts next to the erased one, kept "
+                                                   "by a term of their own (weight adjacency_weight) besides the "
+                                                   "retain prompts."}),
+            "adjacency_weight": number("FLOAT", "adjacency_weight", 0.0, 100.0, 0.05),
         }, "hidden": {
             # The id ComfyUI gives this node in the running graph: the live loss curve is sent to it.
             "unique_id": "UNIQUE_ID",
@@ -188,7 +239,8 @@ class SpareTrainAdapter:
 
     def job(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
             retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
-            forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, unique_id=None):
+            forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, neighbours=None,
+            adjacency_weight=None, unique_id=None):
         """The node's inputs turned into one training job; the whole result (``jobs.TrainedErasure``: adapter,
         MODEL, chart, the training's figures and each stage's seconds) for callers that want more than the
         outputs, such as the benchmarks."""
@@ -197,13 +249,18 @@ class SpareTrainAdapter:
             erase_target = TrainConfig().erase_target
         if overshoot is None:
             overshoot = TrainConfig().overshoot
+        if adjacency_weight is None:
+            adjacency_weight = TrainConfig().adjacency_weight
+        if neighbours is not None:
+            prompts = prompts.with_neighbours(neighbours.neighbours)
         config = TrainConfig(rank=rank, alpha=alpha, steps=steps_for_concepts(steps, len(prompts.concepts)),
                              learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size,
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
-                             overshoot=overshoot)
+                             overshoot=overshoot, adjacency_weight=adjacency_weight)
         return jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
-                                    saliency, timesteps, _latents(model, forget_latents), node_id=unique_id)
+                                    saliency, timesteps, _latents(model, forget_latents), node_id=unique_id,
+                                    neighbourhood=neighbours)
 
 
 ADAPTER_INPUT = (ADAPTER, {"tooltip": "An erasure adapter from Train SPARE Adapter or Load Erasure Adapter."})
@@ -301,6 +358,7 @@ class SpareLoadAdapter:
 NODE_CLASS_MAPPINGS = {
     "SpareComputeSaliency": SpareComputeSaliency,
     "SpareTimestepSelector": SpareTimestepSelector,
+    "SpareConceptNeighbourhood": SpareConceptNeighbourhood,
     "SpareTrainAdapter": SpareTrainAdapter,
     "SpareApplyErasure": SpareApplyErasure,
     "SpareRemoveErasure": SpareRemoveErasure,
@@ -311,6 +369,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SpareComputeSaliency": "Compute Saliency Mask",
     "SpareTimestepSelector": "Timestep Selector",
+    "SpareConceptNeighbourhood": "Concept Neighbourhood",
     "SpareTrainAdapter": "Train SPARE Adapter",
     "SpareApplyErasure": "Apply Erasure LoRA",
     "SpareRemoveErasure": "Remove Erasure LoRA",

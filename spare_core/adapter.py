@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from .neighbours import Neighbourhood
 from .prompts import ErasurePrompts
 
 FORMAT_NAME = "spare-erasure-lora"
@@ -110,6 +111,8 @@ _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
                 "retain_drift": "erasure_retain_drift", "concept_gap": "erasure_concept_gap",
                 "checks": "erasure_checks", "final_loss": "final_loss"}
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
+# Training settings added after headers recorded every setting: an older header without them trained at the default.
+_TRAIN_KEYS_ADDED_LATER = ("adjacency_weight",)
 GIVEN = "given"  # a stage's config key when its result came from a stage node, not from the training job
 
 
@@ -175,6 +178,7 @@ class AdapterMetadata:
     module_fraction: float
     row_fraction: float
     forget_latents_given: bool = False
+    neighbourhood: Optional[Neighbourhood] = None  # where prompts.neighbours came from (Concept Neighbourhood)
     figures: ErasureFigures = ErasureFigures()
     created: str = ""
 
@@ -193,6 +197,8 @@ class AdapterMetadata:
             forget_prompts=list(prompts.forget), surrogate_prompt=prompts.surrogate,
             retain_prompts=list(prompts.retain), concept=prompts.concept,
             surrogate_concept=prompts.surrogate_concept, concepts=[list(pair) for pair in prompts.concepts],
+            **({"neighbour_prompts": list(prompts.neighbours)} if prompts.neighbours else {}),
+            **({"neighbourhood": self.neighbourhood.to_json()} if self.neighbourhood else {}),
             surrogate_prompts=list(prompts.surrogates),
             base_model=self.base_model, seed=self.seed, modules=self.modules,
             module_fraction=self.module_fraction, row_fraction=self.row_fraction,
@@ -213,7 +219,7 @@ class AdapterMetadata:
                              f"{FORMAT_NAME!r})")
         missing = [key for key in ("forget_prompts", "surrogate_prompts", "retain_prompts", "sample_config",
                                    "saliency_config", "timestep_config", "timestep_scores", "seed", *_TRAIN_KEYS)
-                   if key not in header]
+                   if key not in header and key not in _TRAIN_KEYS_ADDED_LATER]
         if missing:
             raise ValueError(f"the adapter's header lacks {', '.join(missing)}: it was made by SPARE "
                              f"{header.get('spare_version', 'of an unknown version')}, before every setting was "
@@ -228,11 +234,12 @@ class AdapterMetadata:
             tuple(header_value(header, "retain_prompts")), concept=concept,
             surrogate_concept=header.get("surrogate_concept", ""),
             expanded_surrogates=tuple(header_value(header, "surrogate_prompts")) if concept else None,
-            concepts=tuple(tuple(pair) for pair in header_value(header, "concepts", [])))
+            concepts=tuple(tuple(pair) for pair in header_value(header, "concepts", [])),
+            neighbours=tuple(header_value(header, "neighbour_prompts", [])))
         return AdapterMetadata(
             prompts=prompts, base_model=header.get("base_model", ""), seed=header_value(header, "seed"),
             samples=SampleConfig(**header_value(header, "sample_config")),
-            train=TrainConfig(**{key: header_value(header, key) for key in _TRAIN_KEYS}),
+            train=TrainConfig(**{key: header_value(header, key) for key in _TRAIN_KEYS if key in header}),
             saliency=config(SaliencyConfig, "saliency_config"),
             timestep_config=config(TimestepConfig, "timestep_config"),
             timestep_bin_edges=tuple(header_value(header, "timestep_bin_edges")),
@@ -241,6 +248,7 @@ class AdapterMetadata:
             modules=header_value(header, "modules"), module_fraction=header_value(header, "module_fraction"),
             row_fraction=header_value(header, "row_fraction"),
             forget_latents_given=header.get("forget_samples") == "given latents",
+            neighbourhood=Neighbourhood.from_json(header["neighbourhood"]) if "neighbourhood" in header else None,
             figures=ErasureFigures.from_header(header), created=header.get("created", ""))
 
 
@@ -353,10 +361,19 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "concept": value("concept", ""),
         "surrogate_concept": value("surrogate_concept", ""),
         "concepts": value("concepts", []),
+        "neighbours": _neighbours_shown(metadata.get("neighbourhood")),
         "steps_done": figures.steps_done,
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,
     }
+
+
+def _neighbours_shown(recorded: Optional[str]) -> list[str]:
+    """The neighbours the adjacency term kept, or none (also for a header whose record is broken)."""
+    try:
+        return list(Neighbourhood.from_json(recorded).neighbours) if recorded else []
+    except (ValueError, KeyError, TypeError):
+        return []
 
 
 def load_adapter(path: os.PathLike) -> ErasureAdapter:

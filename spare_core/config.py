@@ -104,7 +104,12 @@ class TrainConfig:
         "λ in loss = forget + λ·retain; higher protects retained concepts more. 2.0 was chosen on a dev split "
         "(docs/synthcanvas.md): it kept every dev concept erased and held the neighbours better than 1.0.",
         default=2.0)
-    batch_size: int = _help("Noisy samples per term (forget and retain) in each step.", default=2)
+    adjacency_weight: float = _help(
+        "μ in loss = forget + λ·retain + μ·adjacency: how strongly the concepts next to the erased one (the "
+        "neighbours input, from Concept Neighbourhood) are kept, apart from the retain prompts. Used only when "
+        "neighbours are connected. 4.0 was chosen on a dev split (docs/synthcanvas.md) among 1, 2, 4 and 8.",
+        default=4.0)
+    batch_size: int = _help("Noisy samples per term (forget, retain, neighbours) in each step.", default=2)
     overshoot: float = _help(
         "Aim the concept's prediction this share of the concept→surrogate gap beyond the surrogate (negative "
         "guidance around the surrogate, as ESD does around the empty prompt). 0 = aim exactly at the surrogate; "
@@ -138,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not (math.isfinite(self.retain_weight) and self.retain_weight >= 0):
             raise ValueError(f"retain_weight must be >= 0, got {self.retain_weight!r}")
+        if not (math.isfinite(self.adjacency_weight) and self.adjacency_weight >= 0):
+            raise ValueError(f"adjacency_weight must be >= 0, got {self.adjacency_weight!r}")
         if not (isinstance(self.overshoot, (int, float)) and math.isfinite(self.overshoot) and self.overshoot >= 0):
             raise ValueError(f"overshoot must be a number >= 0, got {self.overshoot!r}; 0 aims at the surrogate")
         if self.erase_target is not None and not (
@@ -151,6 +158,7 @@ class TrainConfig:
                 or self.teacher_batch_steps < 0:
             raise ValueError(f"teacher_batch_steps must be a whole number >= 0 (0 = auto), "
                              f"got {self.teacher_batch_steps!r}")
+
 
 
 def steps_for_concepts(steps: int, concepts: int) -> int:

@@ -1,7 +1,8 @@
 """SPARE in order, on a Denoiser with the prompts already encoded: the frozen model draws its own concept samples,
 gradient saliency picks the modules, the timestep distribution is measured, and self-distillation trains the sparse
 adapter. Each stage stays callable alone (the stage nodes run one each); ``erase`` runs them all, in the order and
-with the seeds every caller relies on (forget samples ``seed``, retain samples ``seed + 1``, the stages ``seed``).
+with the seeds every caller relies on (forget samples ``seed``, retain samples ``seed + 1``, neighbour samples
+``seed + 2``, the stages ``seed``).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def _no_report(*_step_info) -> None:
 @dataclass(frozen=True)
 class EncodedPrompts:
     """The erasure's prompts as the model's conditioning: forget and surrogate rows aligned (or one surrogate for
-    all), the retain prompts (or the empty prompt when there are none), and the empty prompt for CFG."""
+    all), the retain prompts (or the empty prompt when there are none), the empty prompt for CFG, and the
+    neighbours' prompts for the adjacency term (None: no neighbours)."""
 
     forget: Conditioning
     surrogate: Conditioning
     retain: Conditioning
     uncond: Conditioning
+    neighbours: Optional[Conditioning] = None
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,17 @@ def forget_samples(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleC
     return ConceptSamples(forget_latents, prompts.forget.select(rows), rows)
 
 
-def generation_steps(samples: SampleConfig, with_retain: bool, forget_latents_given: bool) -> int:
+def generation_steps(samples: SampleConfig, with_retain: bool, forget_latents_given: bool,
+                     with_neighbours: bool = False) -> int:
     """Sampler steps the samples stage reports (none for the forget samples when the user gave latents)."""
-    return samples.steps * ((not forget_latents_given) + with_retain)
+    return samples.steps * ((not forget_latents_given) + with_retain + with_neighbours)
 
 
 def erase_steps(samples: SampleConfig, train: TrainConfig, saliency_config: SaliencyConfig,
                 timestep_config: TimestepConfig, forget_latents_given: bool, saliency_given: bool,
-                timesteps_given: bool) -> int:
+                timesteps_given: bool, with_neighbours: bool = False) -> int:
     """How many times ``erase`` calls ``report`` (and the training callback): a progress bar's total."""
-    return (generation_steps(samples, True, forget_latents_given) + train.steps
+    return (generation_steps(samples, True, forget_latents_given, with_neighbours) + train.steps
             + (0 if saliency_given else saliency_config.draws) + (0 if timesteps_given else timestep_config.bins))
 
 
@@ -87,6 +91,8 @@ def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, tr
     with _timed(seconds, "samples", denoiser):
         forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed + 1, report)
+        neighbours = None if prompts.neighbours is None else generate_samples(
+            denoiser, prompts.neighbours, prompts.uncond, samples, seed + 2, report)
     if saliency is None and saliency_config.module_fraction >= 1.0 and saliency_config.row_fraction >= 1.0:
         saliency = every_module(denoiser.unet)  # nothing to rank: skip the gradient passes
         for _ in range(saliency_config.draws):
@@ -102,7 +108,7 @@ def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, tr
             report()
     with _timed(seconds, "training", denoiser):
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, train, seed,
-                               on_step)
+                               on_step, neighbours)
     return Erasure(result, saliency, timesteps, forget, retain, seconds)
 
 

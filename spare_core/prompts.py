@@ -12,8 +12,8 @@ expanded like a single phrase, with its own surrogate, and all of them train one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 # A concept phrase is one line of at most this many words; anything else is a full prompt.
 PHRASE_MAX_WORDS = 4
@@ -41,6 +41,9 @@ MIN_PAIRS_PER_CONCEPT = 8
 CONCEPT_ARROWS = ("->", "\u2192")
 # One job trains every concept's samples together; past this many, split the list and stack the adapters.
 MAX_CONCEPTS = 16
+# Prompts each neighbour (Concept Neighbourhood) expands to for the adjacency term: a few neighbours carry a whole
+# term of their own, so each is drawn in several forms.
+NEIGHBOUR_PROMPTS_PER_PHRASE = 4
 CONCEPT_LINES_RULE = (f"Several concepts in one job: one line each, 'concept -> surrogate' (e.g. 'neon style -> "
                       f"pastel style' and 'a star -> a circle'), at most {MAX_CONCEPTS} lines; the surrogates then "
                       f"come from those lines.")
@@ -114,13 +117,14 @@ def _context(phrases: list[str], avoid: tuple[str, ...] = ()) -> tuple[tuple[str
             tuple(x for x in styles or DEFAULT_STYLES if x.lower() not in banned) or DEFAULT_STYLES[:1])
 
 
-def kept_prompts(phrases: list[str], subjects: tuple[str, ...], styles: tuple[str, ...]) -> list[str]:
+def kept_prompts(phrases: list[str], subjects: tuple[str, ...], styles: tuple[str, ...],
+                 per_phrase: int = RETAIN_PROMPTS_PER_PHRASE) -> list[str]:
     """Prompts for concepts to keep, in the forms the concept is erased in: a style drawn on the subjects, a
-    subject in the styles."""
+    subject in the styles; ``per_phrase`` of them for each phrase."""
     prompts = []
     for k, phrase in enumerate(phrases):
-        for r in range(RETAIN_PROMPTS_PER_PHRASE):
-            n = k * RETAIN_PROMPTS_PER_PHRASE + r
+        for r in range(per_phrase):
+            n = k * per_phrase + r
             if is_style(phrase):
                 prompts.append(STYLE_TEMPLATES[n % len(STYLE_TEMPLATES)].format(
                     s=style_name(phrase), x=subjects[n % len(subjects)]))
@@ -230,6 +234,7 @@ class ErasurePrompts:
     surrogate_concept: str = ""
     expanded_surrogates: Optional[tuple[str, ...]] = None
     concepts: tuple[tuple[str, str], ...] = ()
+    neighbours: tuple[str, ...] = ()  # the neighbours' prompts, which the adjacency term keeps
 
     @property
     def surrogates(self) -> tuple[str, ...]:
@@ -300,6 +305,24 @@ class ErasurePrompts:
                               concept="; ".join(c for c, _ in pairs), surrogate_concept="; ".join(s for _, s in pairs),
                               expanded_surrogates=tuple(surrogates) if needs_surrogate else None,
                               concepts=pairs if needs_surrogate else tuple((c, "") for c, _ in pairs))
+
+    def with_neighbours(self, phrases: Sequence[str]) -> "ErasurePrompts":
+        """The same erasure with prompts for its neighbours (concept phrases, e.g. from Concept Neighbourhood): each
+        drawn in NEIGHBOUR_PROMPTS_PER_PHRASE forms, the neighbours giving each other context, never an erased
+        concept."""
+        erased = {c.lower() for c, _ in self.concepts} | {f.lower() for f in self.forget}
+        phrases = [_normalise(p) for p in phrases if _normalise(p)]
+        for phrase in phrases:
+            if phrase.lower() in erased:
+                raise ValueError(f"neighbours: {phrase!r} is also a concept this job erases, and a neighbour is "
+                                 f"kept: take it out of the forget box, or out of Concept Neighbourhood's candidates")
+        subjects, styles = _context(phrases, avoid=tuple(c for c, _ in self.concepts))
+        prompts = kept_prompts(phrases, subjects, styles, NEIGHBOUR_PROMPTS_PER_PHRASE)
+        clash = [p for p in prompts if p in self.forget]
+        if clash:
+            raise ValueError(f"neighbours: the prompt {clash[0]!r} is also a forget prompt; a concept cannot be both "
+                             f"erased and kept")
+        return replace(self, neighbours=tuple(dict.fromkeys(prompts)))
 
     @property
     def retain_or_unconditional(self) -> tuple[str, ...]:

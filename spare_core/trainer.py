@@ -3,7 +3,10 @@
 Student = model + adapter, teacher = the same model with the adapter off (no second copy):
     L = ‖ε_S(x_t, c_forget) − sg[ε_T(x_t, c_surrogate)]‖² + λ · ‖ε_S(x_t, c_retain) − sg[ε_T(x_t, c_retain)]‖²
 (SPARE, arXiv 2602.07058, forget and retain distillation terms), with t drawn from the concept's
-timestep distribution. With overshoot η > 0 the forget target moves past the surrogate, away from the concept:
+timestep distribution. With neighbours (the concepts next to the erased one, from Concept Neighbourhood) an
+adjacency term μ·‖ε_S(x_t, c_n) − sg[ε_T(x_t, c_n)]‖² on the neighbours' own samples keeps them with a weight of
+their own, apart from the general retain term, as FADE (arXiv 2503.19783) separates adjacency from guidance.
+With overshoot η > 0 the forget target moves past the surrogate, away from the concept:
 sg[ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f))]. Only adapter parameters receive gradients, so backward
 stops at the earliest adapted layer.
 """
@@ -205,38 +208,53 @@ AUTO_TEACHER_STEPS_CPU = 8
 AUTO_TEACHER_PASS_PIXELS = 48 * 16 * 16
 
 
-def teacher_steps_per_pass(config: TrainConfig, denoiser: Denoiser, latent_shape: tuple[int, ...]) -> int:
+def teacher_steps_per_pass(config: TrainConfig, denoiser: Denoiser, latent_shape: tuple[int, ...],
+                           with_neighbours: bool = False) -> int:
     if config.teacher_batch_steps:
         return config.teacher_batch_steps
     if denoiser.device.type != "cpu":
         return 1
-    rows_per_step = (3 if config.overshoot else 2) * config.batch_size
+    rows_per_step = (2 + bool(config.overshoot) + with_neighbours) * config.batch_size
     fit = AUTO_TEACHER_PASS_PIXELS // (rows_per_step * math.prod(latent_shape[-2:]))
     return max(1, min(AUTO_TEACHER_STEPS_CPU, fit))
 
 
 @dataclass
 class _StepDraw:
-    """One training step's noisy inputs (forget rows first, then retain rows); ``targets`` = the teacher's
-    (forget target, retain target), filled in by _teacher_targets."""
+    """One training step's noisy inputs (forget rows, then retain rows, then neighbour rows if any); ``targets`` =
+    the teacher's (forget target, retain target[, neighbour target]), filled in by _teacher_targets."""
 
     forget: ConceptSamples
     retain: ConceptSamples
     surrogate_rows: Conditioning
     x_t: torch.Tensor
     sigma: torch.Tensor
-    targets: tuple[torch.Tensor, torch.Tensor] = ()
+    targets: tuple[torch.Tensor, ...] = ()
+    neighbours: Optional[ConceptSamples] = None
+
+    @property
+    def kept(self) -> list[Conditioning]:
+        """Conditioning of the rows whose predictions are kept: retain, then neighbours."""
+        return [self.retain.cond] + ([self.neighbours.cond] if self.neighbours is not None else [])
 
 
 def _draw_step(denoiser: Denoiser, timesteps: TimestepDistribution, forget: ConceptSamples,
-               surrogate: Conditioning, retain: ConceptSamples, batch: int, generator: torch.Generator) -> _StepDraw:
+               surrogate: Conditioning, retain: ConceptSamples, batch: int, generator: torch.Generator,
+               neighbours: Optional[ConceptSamples] = None) -> _StepDraw:
     forget_batch = forget.pick(batch, generator)
     retain_batch = retain.pick(batch, generator)
     indices = timesteps.sample_indices(2 * batch, generator)
     x_forget, sigma_forget = _noisy(forget_batch, indices[:batch], denoiser, generator)
     x_retain, sigma_retain = _noisy(retain_batch, indices[batch:], denoiser, generator)
-    return _StepDraw(forget_batch, retain_batch, forget_batch.surrogates(surrogate),
-                     torch.cat([x_forget, x_retain]), torch.cat([sigma_forget, sigma_retain]))
+    xs, sigmas, neighbour_batch = [x_forget, x_retain], [sigma_forget, sigma_retain], None
+    if neighbours is not None:
+        # Drawn after the forget and retain rows, so that a run without neighbours draws exactly what it did.
+        neighbour_batch = neighbours.pick(batch, generator)
+        x_n, sigma_n = _noisy(neighbour_batch, timesteps.sample_indices(batch, generator), denoiser, generator)
+        xs.append(x_n)
+        sigmas.append(sigma_n)
+    return _StepDraw(forget_batch, retain_batch, forget_batch.surrogates(surrogate), torch.cat(xs),
+                     torch.cat(sigmas), neighbours=neighbour_batch)
 
 
 @torch.no_grad()
@@ -249,23 +267,26 @@ def _teacher_targets(denoiser: Denoiser, draws: list[_StepDraw], overshoot: floa
         batch = len(draw.forget)
         xs.append(draw.x_t)
         sigmas.append(draw.sigma)
-        conds += [draw.surrogate_rows, draw.retain.cond]
+        conds += [draw.surrogate_rows] + draw.kept
         if overshoot:
             xs.append(draw.x_t[:batch])
             sigmas.append(draw.sigma[:batch])
             conds.append(draw.forget.cond)
     outputs = iter(_predict(denoiser, torch.cat(xs), torch.cat(sigmas), conds))
     for draw in draws:
-        target_forget, target_retain = next(outputs), next(outputs)
+        target_forget = next(outputs)
+        kept = tuple(next(outputs) for _ in draw.kept)
         if overshoot:
             target_forget = target_forget + overshoot * (target_forget - next(outputs))
-        draw.targets = (target_forget, target_retain)
+        draw.targets = (target_forget, *kept)
 
 
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
                   forget: ConceptSamples, surrogate: Conditioning, retain: ConceptSamples, config: TrainConfig,
-                  seed: int, on_step: StepCallback = lambda step, loss, check=None: None) -> TrainResult:
-    """Train and return the adapter as a kohya state dict."""
+                  seed: int, on_step: StepCallback = lambda step, loss, check=None: None,
+                  neighbours: Optional[ConceptSamples] = None) -> TrainResult:
+    """Train and return the adapter as a kohya state dict. ``neighbours``: samples of the concepts next to the
+    erased ones, kept by the adjacency term (weight ``config.adjacency_weight``)."""
     if timesteps.num_timesteps != denoiser.num_timesteps:
         raise ValueError(f"the timestep distribution covers {timesteps.num_timesteps} timesteps but this model "
                          f"has {denoiser.num_timesteps}; select timesteps on the same model")
@@ -286,7 +307,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     batch = config.batch_size
     losses, forget_losses, retain_losses = [], [], []
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
-    per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape))
+    per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape), neighbours is not None)
     pending: list[_StepDraw] = []
     with adapters.attached(denoiser.unet), recomputed_in_backward(blocks, denoiser.blocks_modify_inputs):
         for step in range(config.steps):
@@ -295,17 +316,20 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
                 # step-by-step loop would draw them, so the run does not depend on how many share a pass.
                 next_check = (step // config.check_every + 1) * config.check_every
                 count = min(per_pass, next_check - step, config.steps - step)
-                pending = [_draw_step(denoiser, timesteps, forget, surrogate, retain, batch, generator)
+                pending = [_draw_step(denoiser, timesteps, forget, surrogate, retain, batch, generator, neighbours)
                            for _ in range(count)]
                 with adapters.disabled():
                     _teacher_targets(denoiser, pending, config.overshoot)
             draw = pending.pop(0)
-            forget_batch, retain_batch, x_t, sigma = draw.forget, draw.retain, draw.x_t, draw.sigma
-            target_forget, target_retain = draw.targets
-            student_forget, student_retain = _predict(denoiser, x_t, sigma, [forget_batch.cond, retain_batch.cond])
+            forget_batch, x_t, sigma = draw.forget, draw.x_t, draw.sigma
+            target_forget, target_retain, *target_neighbours = draw.targets
+            student_forget, student_retain, *student_neighbours = _predict(
+                denoiser, x_t, sigma, [forget_batch.cond] + draw.kept)
             forget_loss = F.mse_loss(student_forget, target_forget)
             retain_loss = F.mse_loss(student_retain, target_retain)
             loss = forget_loss + config.retain_weight * retain_loss
+            if target_neighbours:
+                loss = loss + config.adjacency_weight * F.mse_loss(student_neighbours[0], target_neighbours[0])
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(

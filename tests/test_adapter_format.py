@@ -9,6 +9,7 @@ import torch
 
 from spare_core.adapter import AdapterMetadata, ErasureFigures, describe, load_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.neighbours import Neighbourhood
 from spare_core.prompts import ErasurePrompts
 
 
@@ -44,6 +45,21 @@ def test_the_header_holds_every_setting_exactly(prompts):
     assert back.not_reproducible_because is None
     # Kohya-style tools read the rank and alpha from their usual keys; the Train node's settings stay flat keys.
     assert header["ss_network_dim"] == "4" and header["rank"] == "4" and json.loads(header["learning_rate"]) == 1.7e-4
+
+
+def test_neighbours_and_their_weight_survive_the_header_and_older_headers_read_the_default_weight():
+    found = Neighbourhood("neon style", "text", ("striped style", "a ring"), (0.0123456789, 0.02), 16)
+    prompts = ErasurePrompts.parse("neon style", "pastel style").with_neighbours(found.neighbours)
+    metadata = _metadata(prompts, neighbourhood=found, train=TrainConfig(steps=7, adjacency_weight=4.5))
+    header = metadata.to_header()
+    back = AdapterMetadata.from_header(header)
+    assert back.prompts.neighbours == prompts.neighbours and back.train.adjacency_weight == 4.5
+    assert back.neighbourhood.neighbours == found.neighbours and back.neighbourhood.distances[0] == 0.012346
+    assert describe(header)["neighbours"] == ["striped style", "a ring"]
+    older = {key: value for key, value in _metadata(ErasurePrompts.parse("a cat", "a dog")).to_header().items()
+             if key != "adjacency_weight"}
+    assert AdapterMetadata.from_header(older).train.adjacency_weight == TrainConfig().adjacency_weight
+    assert describe(older)["neighbours"] == []
 
 
 def test_stages_from_their_own_nodes_are_recorded_as_given():

@@ -114,14 +114,19 @@ def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
     shown = page.evaluate("""() => app.graph._nodes.filter(n => n.type.startsWith('Spare')).map(n => ({
         type: n.type, widgets: (n.widgets || []).map(w => w.name)}))""")
     assert shown, f"no SPARE node rendered from {example}"
+    # A widget fed by a link (erase_with_neighbours wires the retain box) is an input socket on older front ends
+    # and a widget with a socket on newer ones; either is right.
+    linked = {(node["type"], entry["widget"]["name"]) for node in workflow["nodes"]
+              for entry in node.get("inputs", []) if entry.get("link") is not None and "widget" in entry}
     for node in shown:
         info = object_info(server, node["type"])
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
         widget_inputs = [name for name, spec in inputs.items()
                          if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
         # Besides the inputs: the seed's control_after_generate, and the Train node's loss panel (last, no value).
-        assert [w for w in node["widgets"] if w not in ("control_after_generate", "spare_loss_curve")] == \
-            widget_inputs, node["type"]
+        rendered = [w for w in node["widgets"] if w not in ("control_after_generate", "spare_loss_curve")]
+        assert [w for w in rendered if (node["type"], w) not in linked] == \
+            [w for w in widget_inputs if (node["type"], w) not in linked], node["type"]
         if node["type"] == "SpareTrainAdapter":
             assert node["widgets"][-1] == "spare_loss_curve", node["widgets"]
         assert all(spec[1].get("tooltip") for spec in inputs.values()), f"{node['type']} input without tooltip"
@@ -368,6 +373,15 @@ def test_an_adapter_of_several_concepts_shows_each_with_its_surrogate(page):
                                concepts: [['neon style', 'pastel style'], ['a star', 'a circle']], rank: 4});
     }""")
     assert lines[:3] == ["erases: neon style → pastel style", "erases: a star → a circle", "rank 4"]
+
+
+def test_an_adapter_trained_with_neighbours_names_the_neighbours_it_keeps(page):
+    lines = page.evaluate("""async () => {
+        const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
+        return adapterSummary({is_spare: true, concept: 'neon style', surrogate_concept: 'pastel style',
+                               neighbours: ['sunset style', 'mosaic style'], rank: 4});
+    }""")
+    assert lines == ["erases: neon style", "→ pastel style", "keeps neighbours: sunset style, mosaic style", "rank 4"]
 
 
 def _queue_and_wait(server, prompt: dict, timeout: float = PATIENCE_MS / 1000) -> dict:

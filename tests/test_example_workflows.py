@@ -56,10 +56,11 @@ def example_adapters(comfy, compact_sd1_checkpoint):
 
 
 def test_every_example_is_covered():
-    # synthcanvas_erase_style and erase_several run on the demo model, in test_synthcanvas_model.py and
-    # test_several_concepts.py.
+    # synthcanvas_erase_style, erase_several and erase_with_neighbours run on the demo model, in
+    # test_synthcanvas_model.py, test_several_concepts.py and test_neighbourhood.py.
     assert {p.stem for p in API_FILES} == set(SAVES) | {"compare_saved_adapter", "stack_and_remove",
-                                                         "synthcanvas_erase_style", "erase_several"}
+                                                         "synthcanvas_erase_style", "erase_several",
+                                                         "erase_with_neighbours"}
 
 
 @pytest.mark.parametrize("name", list(SAVES))

@@ -26,8 +26,8 @@ def erased_run(comfy, sd15_checkpoint):
 
 def test_the_pack_registers_every_node_with_tooltips(comfy):
     mappings = comfy.nodes.NODE_CLASS_MAPPINGS
-    ids = ["SpareComputeSaliency", "SpareTimestepSelector", "SpareTrainAdapter", "SpareApplyErasure",
-           "SpareRemoveErasure", "SpareSaveAdapter", "SpareLoadAdapter"]
+    ids = ["SpareComputeSaliency", "SpareTimestepSelector", "SpareConceptNeighbourhood", "SpareTrainAdapter",
+           "SpareApplyErasure", "SpareRemoveErasure", "SpareSaveAdapter", "SpareLoadAdapter"]
     for node_id in ids:
         node = mappings[node_id]
         assert node.CATEGORY == "SPARE"
@@ -44,8 +44,8 @@ def test_inputs_say_what_the_core_does(comfy, door):
     graph (where the live loss curve is sent) from ComfyUI's hidden UNIQUE_ID input."""
     from spare_core.config import TimestepConfig
     mappings = comfy.nodes.NODE_CLASS_MAPPINGS
-    for node_id in ("SpareComputeSaliency", "SpareTimestepSelector", "SpareTrainAdapter", "SpareApplyErasure",
-                    "SpareRemoveErasure"):
+    for node_id in ("SpareComputeSaliency", "SpareTimestepSelector", "SpareConceptNeighbourhood", "SpareTrainAdapter",
+                    "SpareApplyErasure", "SpareRemoveErasure"):
         tooltip = mappings[node_id].INPUT_TYPES()["required"]["model"][1]["tooltip"]
         assert door.models.SUPPORTED_MODELS in tooltip and "Flux" in tooltip, (node_id, tooltip)
     selector = mappings["SpareTimestepSelector"].INPUT_TYPES()["required"]

@@ -35,6 +35,9 @@ export function adapterSummary(info) {
   const lines = severalConcepts(info)
     ? info.concepts.map(([concept, surrogate]) => `erases: ${concept} → ${surrogate || "(unconditional)"}`)
     : [`erases: ${forget || "?"}`, ...surrogateLines(info).map((line) => `→ ${line}`)];
+  if (Array.isArray(info.neighbours) && info.neighbours.length) {
+    lines.push(`keeps neighbours: ${info.neighbours.map(String).join(", ")}`);
+  }
   if (typeof info.gap_closed === "number") {
     const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
     lines.push(`erasure check: ${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`);

@@ -13,12 +13,13 @@ from typing import Optional
 
 import torch
 
-from .. import charts, pipeline
+from .. import charts, neighbours, pipeline
 from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts
 from ..saliency import SaliencyMap, block_of, compute_saliency
+from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
 from ..trainer import TrainResult
 from . import models, patches, progress, session
@@ -32,6 +33,7 @@ def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> Enco
         surrogate=encode(prompts.surrogates, "surrogate_prompt"),
         retain=encode(prompts.retain_or_unconditional, "retain_prompts"),
         uncond=encode([""], "the empty prompt"),
+        neighbours=encode(prompts.neighbours, "neighbours") if prompts.neighbours else None,
     )
 
 
@@ -70,14 +72,17 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
                     forget_latents: Optional[torch.Tensor] = None,
                     saliency_config: SaliencyConfig = pipeline.DEFAULT_SALIENCY,
                     timestep_config: TimestepConfig = pipeline.DEFAULT_TIMESTEPS,
-                    node_id: Optional[str] = None) -> TrainedErasure:
+                    node_id: Optional[str] = None,
+                    neighbourhood: Optional[neighbours.Neighbourhood] = None) -> TrainedErasure:
     """Train the erasure; stages not given are computed here with ``saliency_config`` / ``timestep_config``.
-    ``node_id``: the Train node's id in the running graph, which the live loss curve is sent to."""
+    ``node_id``: the Train node's id in the running graph, which the live loss curve is sent to.
+    ``neighbourhood``: where ``prompts.neighbours`` came from, recorded in the header."""
     family = models.model_family(model)
     saliency_given, timesteps_given = saliency is not None, timesteps is not None
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(pipeline.erase_steps(samples, config, saliency_config, timestep_config,
-                                                        forget_latents is not None, saliency_given, timesteps_given))
+                                                        forget_latents is not None, saliency_given, timesteps_given,
+                                                        bool(prompts.neighbours)))
     with session.denoiser_session(model) as denoiser:
         erasure = pipeline.erase(denoiser, encoded, samples, config, seed, saliency, timesteps, forget_latents,
                                  saliency_config, timestep_config, report, report.training(config.steps, node_id))
@@ -90,7 +95,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         timestep_bin_edges=timesteps.bin_edges, timestep_scores=timesteps.scores,
         timestep_probabilities=timesteps.probabilities, modules=len(saliency.selected),
         module_fraction=saliency.module_fraction, row_fraction=saliency.row_fraction,
-        forget_latents_given=forget_latents is not None,
+        forget_latents_given=forget_latents is not None, neighbourhood=neighbourhood,
         figures=ErasureFigures(steps_done=result.steps_done, gap_closed=check.gap_closed,
                                retain_drift=check.retain_drift, concept_gap=check.concept_gap,
                                checks=tuple((c.step, c.gap_closed, c.retain_drift) for c in result.checks),
@@ -117,7 +122,44 @@ def retrain_from_header(model, clip, metadata: AdapterMetadata) -> TrainedErasur
         metadata.timestep_bin_edges, metadata.timestep_scores, metadata.timestep_probabilities)
     return train_for_model(model, clip, metadata.prompts, metadata.samples, metadata.train, metadata.seed,
                            timesteps=timesteps, saliency_config=metadata.saliency,
-                           timestep_config=metadata.timestep_config or pipeline.DEFAULT_TIMESTEPS)
+                           timestep_config=metadata.timestep_config or pipeline.DEFAULT_TIMESTEPS,
+                           neighbourhood=metadata.neighbourhood)
+
+
+def neighbourhood_for_model(model, clip, concept: str, candidates: list[str], count: int, ranking: str,
+                            samples: SampleConfig, seed: int) -> tuple[neighbours.Neighbourhood, torch.Tensor]:
+    """The ``count`` candidates nearest to ``concept`` (spare_core.neighbours), and their bar chart. The model
+    ranking draws the concept's own samples, then scores the candidates nearest by text on them."""
+    neighbours.check_count(count, len(candidates))
+    if ranking not in neighbours.RANKINGS:
+        raise ValueError(f"ranking must be one of {', '.join(neighbours.RANKINGS)}, got {ranking!r}")
+
+    def encode(texts, name):
+        return models.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
+    concept_cond, candidate_cond = encode([concept], "concept"), encode(candidates, "candidates")
+    by_text = neighbours.text_distances(concept_cond, candidate_cond)
+    if ranking == "text":
+        result = neighbours.nearest(concept, candidates, by_text, count, ranking)
+    else:
+        shortlist = sorted(range(len(candidates)), key=lambda i: (by_text[i], i))[:neighbours.MODEL_SHORTLIST]
+        rows = candidate_cond.select(torch.tensor(shortlist))
+        report = progress.StepReporter(samples.steps + neighbours.MODEL_DRAWS)
+        with session.denoiser_session(model) as denoiser:
+            own = generate_samples(denoiser, concept_cond, encode([""], "the empty prompt"), samples, seed, report)
+            by_model = neighbours.model_distances(denoiser, own, rows, seed, on_draw=report)
+        result = neighbours.nearest(concept, [candidates[i] for i in shortlist], by_model, count, ranking,
+                                    len(candidates))
+    return result, neighbourhood_chart(result)
+
+
+def neighbourhood_chart(result: neighbours.Neighbourhood) -> torch.Tensor:
+    # Bars show closeness (the nearest distance over each one's), so the nearest neighbour has the tallest bar.
+    nearest = max(result.distances[0], 1e-12)
+    # Bar labels are short: 'Monet style' → 'Monet', 'a golden retriever' → 'golden retriever'.
+    labels = [n.removesuffix(" style").removeprefix("an ").removeprefix("a ") for n in result.neighbours]
+    return charts.bar_chart([nearest / max(d, 1e-12) for d in result.distances], labels,
+                            f"nearest to {result.concept!r} by the {result.ranking} "
+                            f"(of {result.candidates} candidates; bar = nearest distance / distance)")
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:
