@@ -60,11 +60,11 @@ def _normalise(phrase: str) -> str:
 def candidate_list(concept: str, vocabulary: Sequence[str], user_lines: str = "") -> list[str]:
     """The user's lines first, then the vocabulary; each phrase once (case-insensitive), never the concept itself.
     A user line equal to the concept is an error; the vocabulary's own entry for the concept is simply skipped."""
-    concept = _normalise(concept)
+    if len((concept or "").strip().splitlines()) > 1:
+        raise ValueError("concept takes one phrase (e.g. 'neon style'), not several lines")
+    concept = _normalise(concept or "")
     if not concept:
         raise ValueError("concept is empty: write the concept phrase to find the neighbours of (e.g. 'neon style')")
-    if len(concept.splitlines()) > 1:
-        raise ValueError("concept takes one phrase (e.g. 'neon style'), not several lines")
     names: dict[str, str] = {}
     for number, line in enumerate((user_lines or "").splitlines(), 1):
         phrase = _normalise(line)

@@ -20,6 +20,7 @@ def test_candidates_are_the_users_lines_then_the_vocabulary_once_each_never_the_
     ("neon style", [], "", "no candidates to rank"),
     ("neon style", [], "neon style", "candidates line 1"),
     ("", ["pastel style"], "", "concept is empty"),
+    ("neon style\na star", ["pastel style"], "", "one phrase"),
 ])
 def test_bad_candidates_are_refused_with_what_to_change(concept, vocabulary, lines, message):
     with pytest.raises(ValueError, match=message):
