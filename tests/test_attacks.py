@@ -1,0 +1,80 @@
+"""The soft-token attack on a pure-torch toy (no ComfyUI): it can bring an erased concept back, it touches neither
+model's weights, and a budget of nothing is refused."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from toy_models import FEATURES, ddpm_sigmas, denoiser_for, samples_for
+
+from spare_core.attacks import SoftTokenBudget, attack_draws, soft_token_attack
+from spare_core.denoiser import Conditioning
+
+WIDTH = 8  # token embedding width
+
+
+class PooledText(nn.Module):
+    """eps = 0.1·x + V·mean(context tokens): like cross-attention, every token of the prompt reaches the output, so
+    appended tokens can move it."""
+
+    def __init__(self):
+        super().__init__()
+        self.text = nn.Linear(WIDTH, FEATURES, bias=False)
+        with torch.no_grad():
+            self.text.weight.copy_(torch.randn(FEATURES, WIDTH, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, x, sigma, context):
+        return (0.1 * x.flatten(1) + self.text(context.mean(1))).view_as(x)
+
+
+@pytest.fixture()
+def erasure():
+    """The unerased toy, a copy whose text weights map the concept exactly onto a surrogate (a closed-form erasure:
+    V' = V + (V·s − V·c)·cᵀ/|c|²), and the concept's conditioning."""
+    generator = torch.Generator().manual_seed(4)
+    concept, surrogate = torch.randn(WIDTH, generator=generator), torch.randn(WIDTH, generator=generator)
+    base = PooledText()
+    erased = copy.deepcopy(base)
+    with torch.no_grad():
+        v = erased.text.weight
+        v += torch.outer(v @ surrogate - v @ concept, concept) / concept.dot(concept)
+    cond = Conditioning(concept.view(1, 1, WIDTH))
+    sigmas = ddpm_sigmas()
+    return denoiser_for(base, sigmas), denoiser_for(erased, sigmas), cond, surrogate
+
+
+def test_the_erasure_holds_against_its_own_prompt_and_the_attack_brings_the_concept_back(erasure):
+    base, erased, cond, surrogate = erasure
+    draws = attack_draws(base, samples_for(cond, count=8), count=16, seed=0)
+    with torch.no_grad():
+        plain = erased.predict_noise(draws.x_t, draws.sigma, draws.cond)
+        onto_surrogate = base.predict_noise(draws.x_t, draws.sigma, Conditioning(surrogate.view(1, 1, WIDTH).expand(
+            16, 1, WIDTH)))
+    assert torch.allclose(plain, onto_surrogate, atol=1e-4)  # the concept is erased for its own prompt
+    result = soft_token_attack(erased, draws, SoftTokenBudget(tokens=2, steps=300, learning_rate=0.2), seed=0)
+    assert result.restored > 0.9, result.restored
+    assert result.tokens.shape == (2, WIDTH) and result.losses[-1] < result.losses[0]
+
+
+def test_the_attack_changes_neither_model(erasure):
+    base, erased, cond, _ = erasure
+    before = [copy.deepcopy(m.unet.state_dict()) for m in (base, erased)]
+    draws = attack_draws(base, samples_for(cond, count=4), count=8, seed=1)
+    soft_token_attack(erased, draws, SoftTokenBudget(tokens=2, steps=20), seed=1)
+    for model, weights in zip((base, erased), before, strict=True):
+        assert all(torch.equal(weights[k], v) for k, v in model.unet.state_dict().items())
+        assert all(p.grad is None for p in model.unet.parameters())
+
+
+def test_an_unerased_model_has_nothing_to_restore(erasure):
+    base, _, cond, _ = erasure
+    draws = attack_draws(base, samples_for(cond, count=4), count=8, seed=2)
+    assert soft_token_attack(base, draws, SoftTokenBudget(tokens=1, steps=5), seed=2).restored == 0.0
+
+
+@pytest.mark.parametrize("field, value", [("tokens", 0), ("steps", 0), ("draws", 0), ("learning_rate", 0.0),
+                                          ("tokens", 1.5)])
+def test_a_budget_of_nothing_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"budget: {field} must be"):
+        SoftTokenBudget(**{field: value})
