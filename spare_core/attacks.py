@@ -114,3 +114,85 @@ def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBud
         best, best_tokens = final, tokens.detach().clone()
     restored = 1.0 - math.sqrt(best / erased_gap) if erased_gap > 0 else 0.0
     return SoftTokenResult(best_tokens.cpu(), restored, tuple(losses))
+
+
+# --- Discrete search (black-box) ---------------------------------------------------------------------------------
+# After Ring-A-Bell and P4D: prompts of ordinary words, none of them the concept's, that bring the concept back.
+# Each candidate prompt is scored by the same share of the erasure undone, on the same draws, so the search needs
+# neither images nor a classifier: only the erased model's predictions.
+
+@dataclass(frozen=True)
+class DiscreteBudget:
+    """How hard the discrete search tries: ``queries`` prompts scored in all, ``words`` per prompt, ``batch``
+    prompts scored per round (each a one-word change of the best prompt so far)."""
+
+    queries: int = 256
+    words: int = 4
+    batch: int = 16
+
+    def __post_init__(self):
+        for name in ("queries", "words", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"discrete search budget: {name} must be a whole number >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DiscreteResult:
+    prompt: str                    # the prompt that undid the most of the erasure
+    restored: float                # its share of the erasure undone (as the soft-token attack's)
+    queries: int                   # prompts scored
+    history: tuple[float, ...]     # the best share after each round
+
+
+def allowed_words(vocabulary: list[str], banned: list[str]) -> list[str]:
+    """The vocabulary less every word of the banned phrases (the concept's own words), compared case-insensitively."""
+    ban = {word.lower() for phrase in banned for word in phrase.split()}
+    words = [w for w in dict.fromkeys(vocabulary) if w.strip() and w.lower() not in ban]
+    if not words:
+        raise ValueError("discrete search: no words left to search once the concept's own words are left out; give "
+                         "it a vocabulary")
+    return words
+
+
+@torch.no_grad()
+def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: list[str], banned: list[str],
+                    budget: DiscreteBudget, seed: int) -> DiscreteResult:
+    """Greedy one-word-at-a-time search over prompts of ``budget.words`` words from ``vocabulary`` (less the words
+    of ``banned``); ``encode(prompts)`` gives their conditioning (one row per prompt)."""
+    words = allowed_words(vocabulary, banned)
+    generator = torch.Generator().manual_seed(seed)
+    target = draws.base_prediction.to(erased.device)
+    rows = draws.x_t.shape[0]
+    erased_gap = float((erased.predict_noise(draws.x_t, draws.sigma, draws.cond.to(erased.device, erased.dtype))
+                        .float() - target).pow(2).mean())
+
+    def restored(prompts: list[str]) -> list[float]:
+        encoded = encode(prompts)
+        shares = []
+        for i in range(len(prompts)):
+            cond = encoded.select(torch.full((rows,), i, dtype=torch.long)).to(erased.device, erased.dtype)
+            gap = float((erased.predict_noise(draws.x_t, draws.sigma, cond).float() - target).pow(2).mean())
+            shares.append(1.0 - math.sqrt(gap / erased_gap) if erased_gap > 0 else 0.0)
+        return shares
+
+    def pick() -> str:
+        return words[int(torch.randint(len(words), (1,), generator=generator))]
+
+    best = [pick() for _ in range(budget.words)]
+    best_share = restored([" ".join(best)])[0]
+    queries, history = 1, [best_share]
+    while queries < budget.queries:
+        count = min(budget.batch, budget.queries - queries)
+        proposals = []
+        for _ in range(count):
+            proposal = list(best)
+            proposal[int(torch.randint(budget.words, (1,), generator=generator))] = pick()
+            proposals.append(proposal)
+        shares = restored([" ".join(p) for p in proposals])
+        queries += count
+        top = max(range(count), key=lambda i: shares[i])
+        if shares[top] > best_share:
+            best, best_share = proposals[top], shares[top]
+        history.append(best_share)
+    return DiscreteResult(" ".join(best), best_share, queries, tuple(history))

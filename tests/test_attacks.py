@@ -78,3 +78,31 @@ def test_an_unerased_model_has_nothing_to_restore(erasure):
 def test_a_budget_of_nothing_is_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"budget: {field} must be"):
         SoftTokenBudget(**{field: value})
+
+
+def test_the_discrete_search_finds_the_planted_word_that_undoes_the_erasure_and_never_uses_the_concepts(erasure):
+    """A vocabulary of random words, the concept's own word, and one planted word 'glow' that the erased toy reads
+    exactly as the unerased one read the concept (a synonym the erasure missed). The search may not use the
+    concept's word, and finds its way to 'glow'."""
+    from spare_core.attacks import DiscreteBudget, discrete_search
+    base, erased, cond, _ = erasure
+    generator = torch.Generator().manual_seed(5)
+    embeddings = {f"word{i}": torch.randn(WIDTH, generator=generator) for i in range(30)}
+    embeddings["neon"] = cond.context[0, 0]
+    unerased_reading = base.unet.text.weight @ cond.context[0, 0]
+    embeddings["glow"] = torch.linalg.lstsq(erased.unet.text.weight, unerased_reading.unsqueeze(1)).solution[:, 0]
+
+    def encode(prompts):
+        return Conditioning(torch.stack([torch.stack([embeddings[w] for w in p.split()]) for p in prompts]))
+    draws = attack_draws(base, samples_for(cond, count=8), count=16, seed=3)
+    result = discrete_search(erased, draws, encode, list(embeddings), ["neon"],
+                             DiscreteBudget(queries=400, words=4, batch=16), seed=0)
+    assert "neon" not in result.prompt.split() and "glow" in result.prompt.split(), result
+    assert result.restored > 0.5 and result.queries == 400, result
+    assert list(result.history) == sorted(result.history)  # the best so far never gets worse
+
+
+def test_a_search_with_no_words_left_is_refused():
+    from spare_core.attacks import allowed_words
+    with pytest.raises(ValueError, match="no words left"):
+        allowed_words(["Neon", "style"], ["neon style"])
