@@ -71,14 +71,17 @@ class SoftTokenResult:
 
 
 def with_tokens(cond: Conditioning, tokens: torch.Tensor) -> Conditioning:
-    """``cond`` with ``tokens`` (n, D) appended to every row's context (and the token count raised where the model
-    is told it)."""
-    rows = cond.context.shape[0]
-    context = torch.cat([cond.context, tokens.to(cond.context.dtype).unsqueeze(0).expand(rows, -1, -1)], dim=1)
-    extra = dict(cond.extra)
-    if TOKEN_COUNT in extra:
-        extra[TOKEN_COUNT] = extra[TOKEN_COUNT] + tokens.shape[0]
-    return replace(cond, context=context, extra=extra)
+    """``cond`` with ``tokens`` (n, D) appended to every row's context. Where rows carry their own token count (DiT
+    text encoders, padded to the longest row), the tokens go right after each row's own tokens and the count grows
+    by n, so that the padding the model never reads stays behind them."""
+    tokens = tokens.to(cond.context.dtype)
+    if TOKEN_COUNT not in cond.extra:
+        rows = cond.context.shape[0]
+        return replace(cond, context=torch.cat([cond.context, tokens.unsqueeze(0).expand(rows, -1, -1)], dim=1))
+    counts = cond.extra[TOKEN_COUNT]
+    context = torch.stack([torch.cat([row[:int(k)], tokens, row[int(k):]]) for row, k in zip(cond.context, counts,
+                                                                                             strict=True)])
+    return replace(cond, context=context, extra={**cond.extra, TOKEN_COUNT: counts + tokens.shape[0]})
 
 
 def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBudget, seed: int) -> SoftTokenResult:

@@ -106,3 +106,15 @@ def test_a_search_with_no_words_left_is_refused():
     from spare_core.attacks import allowed_words
     with pytest.raises(ValueError, match="no words left"):
         allowed_words(["Neon", "style"], ["neon style"])
+
+
+def test_tokens_go_right_after_each_rows_own_tokens_where_rows_carry_their_count():
+    from spare_core.attacks import with_tokens
+    from spare_core.denoiser import TOKEN_COUNT
+    context = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)  # row 0: 2 real tokens, row 1: 4
+    cond = Conditioning(context, {TOKEN_COUNT: torch.tensor([2, 4])})
+    attacked = with_tokens(cond, torch.tensor([[-1.0], [-2.0]]))
+    assert attacked.context[:, :, 0].tolist() == [[0, 1, -1, -2, 2, 3], [4, 5, 6, 7, -1, -2]]
+    assert attacked.extra[TOKEN_COUNT].tolist() == [4, 6]
+    plain = with_tokens(Conditioning(context), torch.tensor([[-1.0]]))
+    assert plain.context[:, -1, 0].tolist() == [-1, -1] and plain.context.shape == (2, 5, 1)
