@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..spare_core import neighbours
+from ..spare_core import attacks, neighbours
 from ..spare_core.adapter import describe, load_adapter, save_adapter
 from ..spare_core.comfyui import files, jobs, models, patches
 from ..spare_core.config import (
@@ -355,6 +355,40 @@ class SpareLoadAdapter:
         return _with_adapter_info(adapter, (adapter,))
 
 
+class SpareErasureReport:
+    DESCRIPTION = ("How robust is this erasure? Runs prompt attacks against the erased model (a soft-token attack "
+                   "and a search over ordinary words) and reports how much of the concept each brings back, with "
+                   "the strongest prompt found to try yourself. Needs no classifier; works on any model the pack "
+                   "trains.")
+    CATEGORY = CATEGORY
+    FUNCTION = "report"
+    OUTPUT_NODE = True  # the report is read on its own; it runs without a node consuming its outputs
+    RETURN_TYPES = ("STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("report", "chart", "attack_prompt")
+    OUTPUT_TOOLTIPS = ("The figures: the training's own check, and the share of the erasure each attack undoes.",
+                       "The share of the erasure each attack undoes.",
+                       "The word prompt that undid the most: sample it to see what comes back.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The erased model: the MODEL output of Train SPARE Adapter or of Apply "
+                                           "Erasure LoRA with this adapter. The unerased model is this one without "
+                                           "the adapter, so nothing else needs wiring."}),
+            "clip": CLIP_INPUT,
+            "adapter": ADAPTER_INPUT,
+            "preset": (list(attacks.PRESETS), {"default": "quick",
+                                               "tooltip": "How hard the attacks try: 'quick' (seconds on small "
+                                                          "models, a first look) or 'standard' (more tokens, "
+                                                          "steps and prompts)."}),
+            "seed": SEED_INPUT,
+        }}
+
+    def report(self, model, clip, adapter, preset, seed):
+        result = jobs.report_for_model(model, clip, adapter, preset, seed)
+        return result.text, result.chart, result.attack_prompt
+
+
 NODE_CLASS_MAPPINGS = {
     "SpareComputeSaliency": SpareComputeSaliency,
     "SpareTimestepSelector": SpareTimestepSelector,
@@ -364,6 +398,7 @@ NODE_CLASS_MAPPINGS = {
     "SpareRemoveErasure": SpareRemoveErasure,
     "SpareSaveAdapter": SpareSaveAdapter,
     "SpareLoadAdapter": SpareLoadAdapter,
+    "SpareErasureReport": SpareErasureReport,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -375,4 +410,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SpareRemoveErasure": "Remove Erasure LoRA",
     "SpareSaveAdapter": "Save Erasure Adapter",
     "SpareLoadAdapter": "Load Erasure Adapter",
+    "SpareErasureReport": "Erasure Report",
 }

@@ -199,3 +199,19 @@ def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: li
             best, best_share = proposals[top], shares[top]
         history.append(best_share)
     return DiscreteResult(" ".join(best), best_share, queries, tuple(history))
+
+
+# The Erasure Report node's budgets. "quick" checks the path in seconds on the demo model (the suite uses it);
+# "standard" is the one to read. Neither is tuned yet: issue 40's benchmark sets them on the demo model's dev split.
+PRESETS = {
+    "quick": (SoftTokenBudget(tokens=2, steps=10, learning_rate=0.2, draws=4), DiscreteBudget(queries=16, words=3,
+                                                                                                batch=8)),
+    "standard": (SoftTokenBudget(tokens=4, steps=100, learning_rate=0.2, draws=8), DiscreteBudget(queries=128,
+                                                                                                    words=4,
+                                                                                                    batch=16)),
+}
+
+
+def words_of(phrases: list[str]) -> list[str]:
+    """Single words of the phrases, once each, in order: the discrete search's vocabulary from phrase lists."""
+    return list(dict.fromkeys(word for phrase in phrases for word in phrase.lower().split()))

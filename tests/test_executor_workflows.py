@@ -27,7 +27,7 @@ def erased_run(comfy, sd15_checkpoint):
 def test_the_pack_registers_every_node_with_tooltips(comfy):
     mappings = comfy.nodes.NODE_CLASS_MAPPINGS
     ids = ["SpareComputeSaliency", "SpareTimestepSelector", "SpareConceptNeighbourhood", "SpareTrainAdapter",
-           "SpareApplyErasure", "SpareRemoveErasure", "SpareSaveAdapter", "SpareLoadAdapter"]
+           "SpareApplyErasure", "SpareRemoveErasure", "SpareSaveAdapter", "SpareLoadAdapter", "SpareErasureReport"]
     for node_id in ids:
         node = mappings[node_id]
         assert node.CATEGORY == "SPARE"

@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from .. import charts, neighbours, pipeline
-from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures
+from .. import attacks, charts, neighbours, pipeline
+from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts
@@ -160,6 +160,67 @@ def neighbourhood_chart(result: neighbours.Neighbourhood) -> torch.Tensor:
     return charts.bar_chart([nearest / max(d, 1e-12) for d in result.distances], labels,
                             f"nearest to {result.concept!r} by the {result.ranking} "
                             f"(of {result.candidates} candidates; bar = nearest distance / distance)")
+
+
+@dataclass
+class ErasureReport:
+    text: str
+    chart: torch.Tensor
+    attack_prompt: str
+    soft_token: attacks.SoftTokenResult
+    discrete: attacks.DiscreteResult
+
+
+REPORT_PROMPTS = 4  # forget prompts of the adapter whose samples the attacks are fitted and scored on
+
+
+def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: int = 0) -> ErasureReport:
+    """How much of the erased concept prompt attacks bring back, on ``model`` (which carries ``adapter``) against
+    the same model without it (Remove gives it back): the soft-token attack and the discrete search, each as the
+    share of the erasure undone on the concept's own samples (spare_core.attacks), with the adapter's own figures."""
+    if preset not in attacks.PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(attacks.PRESETS)}, got {preset!r}")
+    soft_budget, discrete_budget = attacks.PRESETS[preset]
+    header = adapter.metadata
+    forget = header_value(header, "forget_prompts", [])
+    concept = header.get("concept") or (forget[0] if forget else "")
+    if not isinstance(forget, list) or not forget:
+        raise ValueError("the adapter's header has no forget prompts, so there is no concept to attack: use an "
+                         "adapter made by Train SPARE Adapter")
+    base = patches.remove_adapter(model, adapter)
+    if base is model:
+        raise ValueError(f"the MODEL does not carry this adapter (erasing {concept!r}): connect the MODEL that Train "
+                         f"SPARE Adapter or Apply Erasure LoRA returned with this adapter applied")
+    side = models.native_resolution(model)
+    samples = SampleConfig(samples_per_prompt=1, width=side, height=side, cfg=models.sample_guidance_scale(model))
+
+    def encode(texts, name="attack prompts"):
+        return models.encode_prompts(model, clip, list(texts), side, side, name)
+    cond, uncond = encode(forget[:REPORT_PROMPTS], "the adapter's forget prompts"), encode([""], "the empty prompt")
+    vocabulary = attacks.words_of(neighbours.read_vocabulary("general") + neighbours.read_vocabulary("synthcanvas"))
+    report = progress.StepReporter(samples.steps + 2)
+    with session.denoiser_session(base) as denoiser:
+        own = generate_samples(denoiser, cond, uncond, samples, seed, report)
+        draws = attacks.attack_draws(denoiser, own, soft_budget.draws, seed)
+    with session.denoiser_session(model) as denoiser:
+        soft = attacks.soft_token_attack(denoiser, draws, soft_budget, seed)
+        report()
+        found = attacks.discrete_search(denoiser, draws, encode, vocabulary, [concept, *forget[:1]],
+                                        discrete_budget, seed)
+        report()
+    figures = ErasureFigures.from_header(header)
+    lines = [f"erasure report for {concept!r} ({preset} preset)"]
+    if figures.gap_closed is not None:
+        lines.append(f"training's check: {figures.gap_closed:.0%} of the concept gap closed, retain drift "
+                     f"{figures.retain_drift:.3f}")
+    lines += [f"soft-token attack ({soft_budget.tokens} tokens, {soft_budget.steps} steps): undoes "
+              f"{soft.restored:.0%} of the erasure",
+              f"discrete search ({found.queries} prompts): undoes {found.restored:.0%} with {found.prompt!r}",
+              "(share of the erasure undone on the concept's own samples, in the model's prediction; 0 % = the "
+              "attack brings nothing back)"]
+    chart = charts.bar_chart([max(soft.restored, 0.0), max(found.restored, 0.0)], ["soft-token", "discrete"],
+                             f"share of the erasure of {concept!r} undone by each attack")
+    return ErasureReport("\n".join(lines), chart, found.prompt, soft, found)
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""The Erasure Report node through ComfyUI's executor on the demo model, with the quick preset: it attacks a fresh
+erasure and reports what comes back, and refuses a MODEL that does not carry the adapter."""
+
+import pytest
+
+
+def _graph(checkpoint: str, report_model: list) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "SpareTrainAdapter", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "forget_prompts": "neon style", "surrogate_prompt": "pastel style",
+            "retain_prompts": "", "rank": 4, "alpha": 4.0, "steps": 40, "learning_rate": 0.003,
+            "retain_weight": 2.0, "batch_size": 2, "samples": 2, "resolution": 0, "seed": 0}},
+        "3": {"class_type": "SpareErasureReport", "inputs": {
+            "model": report_model, "clip": ["1", 1], "adapter": ["2", 0], "preset": "quick", "seed": 0}},
+    }
+
+
+@pytest.fixture(scope="module")
+def reported(comfy, synthcanvas_checkpoint):
+    run = comfy.run_prompt(_graph(synthcanvas_checkpoint, ["2", 1]))
+    assert run.success, run.error
+    return run
+
+
+def test_the_report_attacks_the_erasure_and_says_what_comes_back(reported):
+    text, chart, prompt = (reported.outputs["3"][slot][0] for slot in range(3))
+    assert "erasure report for 'neon style' (quick preset)" in text
+    assert "soft-token attack" in text and "discrete search (16 prompts)" in text
+    assert chart.ndim == 4 and chart.shape[-1] == 3
+    words = prompt.split()
+    assert len(words) == 3 and "neon" not in words and "style" not in words
+
+
+def test_a_model_without_the_adapter_is_refused_naming_both(comfy, synthcanvas_checkpoint):
+    run = comfy.run_prompt(_graph(synthcanvas_checkpoint, ["1", 0]))
+    assert not run.success
+    assert "does not carry this adapter (erasing 'neon style')" in str(run.error)
