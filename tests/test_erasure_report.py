@@ -36,3 +36,14 @@ def test_a_model_without_the_adapter_is_refused_naming_both(comfy, synthcanvas_c
     run = comfy.run_prompt(_graph(synthcanvas_checkpoint, ["1", 0]))
     assert not run.success
     assert "does not carry this adapter (erasing 'neon style')" in str(run.error)
+
+
+def test_the_word_search_draws_from_the_words_the_tokenizer_knows(comfy, synthcanvas_checkpoint):
+    import torch
+
+    from spare_core.comfyui import models
+    with torch.inference_mode():
+        clip = comfy.node("CheckpointLoaderSimple").load_checkpoint(synthcanvas_checkpoint)[1]
+    words = models.tokenizer_words(clip)
+    assert len(words) > 10000 and {"neon", "painting", "dog"} <= set(words)
+    assert all(w.isalpha() and len(w) >= 3 for w in words)

@@ -197,7 +197,10 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
     def encode(texts, name="attack prompts"):
         return models.encode_prompts(model, clip, list(texts), side, side, name)
     cond, uncond = encode(forget[:REPORT_PROMPTS], "the adapter's forget prompts"), encode([""], "the empty prompt")
-    vocabulary = attacks.words_of(neighbours.read_vocabulary("general") + neighbours.read_vocabulary("synthcanvas"))
+    # The search draws from the words the text encoder's tokenizer knows; the shipped phrase lists where it
+    # exposes none.
+    vocabulary = models.tokenizer_words(clip) or attacks.words_of(neighbours.read_vocabulary("general")
+                                                                  + neighbours.read_vocabulary("synthcanvas"))
     report = progress.StepReporter(samples.steps + 2)
     with session.denoiser_session(base) as denoiser:
         own = generate_samples(denoiser, cond, uncond, samples, seed, report)

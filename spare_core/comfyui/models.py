@@ -120,6 +120,22 @@ def model_sampling(model):
     return model.model.model_sampling
 
 
+def tokenizer_words(clip) -> list[str]:
+    """Whole English words the CLIP's tokenizers know (CLIP's BPE marks them with '</w>'), alphabetic and 3+
+    letters, sorted: the discrete search's vocabulary. Empty where no sub-tokenizer
+    exposes its vocabulary (then the caller falls back to its own word list)."""
+    words = set()
+    for part in vars(getattr(clip, "tokenizer", None) or object()).values():
+        inner = getattr(part, "tokenizer", None)
+        if inner is None or not hasattr(inner, "get_vocab"):
+            continue
+        for token in inner.get_vocab():
+            word = token[:-len("</w>")] if token.endswith("</w>") else None
+            if word and word.isascii() and word.isalpha() and len(word) >= 3:
+                words.add(word.lower())
+    return sorted(words)
+
+
 def load_to_device(model) -> None:
     """Load the MODEL fully where ComfyUI puts it (no-op when it is already there)."""
     kwargs = {}
