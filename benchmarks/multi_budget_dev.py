@@ -42,14 +42,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.synthcanvas_multi import Judged
-from benchmarks.unlearncanvas import parse_concepts, phrase
+from benchmarks.synthcanvas_multi import Judged, joint_lines
+from benchmarks.unlearncanvas import parse_concepts
 from spare_core.config import SampleConfig, TrainConfig
 from spare_core.prompts import ErasurePrompts
 from spare_core.runner import headless
 from synthcanvas import demo_model, evaluation
 from synthcanvas.generation import generate
-from synthcanvas.render import OBJECTS, STYLES, TRAIN_TEMPLATES
+from synthcanvas.render import TRAIN_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_ORDER = ("style:charcoal,object:square,style:polka dot,object:crescent,style:striped,object:diamond,"
@@ -68,16 +68,6 @@ RULES = {
 }
 # The k = 1 reference first (the time target's denominator), then k = 8 (where the rule is chosen), then k = 4.
 ROWS = ("constant:1",) + tuple(f"{rule}:{k}" for k in (8, 4) for rule in RULES)
-
-
-def job_boxes(concepts) -> tuple[str, str]:
-    """The forget box ('concept -> surrogate' lines) and the retain box (every concept not erased) of a dev job."""
-    erased = {c.label() for c in concepts}
-    forget = "\n".join(f"{phrase(c.domain, c.name)} -> {phrase(c.domain, DEV_SURROGATES[c.domain])}"
-                       for c in concepts)
-    retain = [phrase("style", s) for s in STYLES if f"style:{s}" not in erased] + \
-             [phrase("object", o) for o in OBJECTS if f"object:{o}" not in erased]
-    return forget, "\n".join(retain)
 
 
 def main(argv=None) -> int:
@@ -117,7 +107,7 @@ def main(argv=None) -> int:
         rule, k = row.split(":")
         concepts = DEV_SETS[int(k)]
         steps, batch = RULES[rule](int(k))
-        forget, retain = job_boxes(concepts)
+        forget, retain = joint_lines(concepts, DEV_SURROGATES)
         started = time.perf_counter()
         trained = door.jobs.train_for_model(model, clip, ErasurePrompts.parse(forget, "", retain), samples,
                                            TrainConfig(steps=steps, batch_size=batch), seed=0)

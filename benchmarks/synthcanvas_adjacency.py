@@ -52,7 +52,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.unlearncanvas import EVAL_SEED, Concept, node_defaults, parse_concepts, phrase, user_phrases
+from benchmarks.unlearncanvas import (
+    EVAL_SEED,
+    Concept,
+    all_concepts,
+    node_defaults,
+    parse_concepts,
+    phrase,
+    user_phrases,
+)
 from spare_core.runner import headless
 from synthcanvas import classifier, demo_model
 from synthcanvas.generation import generate
@@ -105,10 +113,6 @@ class Images:
         """Share of the images of ``concept`` (none showing ``erased``) that its domain's head gets right."""
         rows = self.of(concept) & ~self.of(erased)
         return float((predicted[concept.domain][rows] == concept.index).mean())
-
-
-def all_concepts() -> list[Concept]:
-    return [Concept("style", s) for s in STYLES] + [Concept("object", o) for o in OBJECTS]
 
 
 def label_of(text: str) -> str:

@@ -110,10 +110,13 @@ class Judged:
                                 for label, values in per_concept.items()}}
 
 
-def joint_lines(concepts: list[Concept]) -> tuple[str, str]:
-    """The forget box ('concept -> surrogate' lines) and the retain box (every concept not erased) of a joint job."""
+def joint_lines(concepts: list[Concept], surrogates: dict[str, str] | None = None) -> tuple[str, str]:
+    """The forget box ('concept -> surrogate' lines) and the retain box (every concept not erased) of a joint job;
+    ``surrogates`` by domain, else each concept's default surrogate."""
     erased = {c.label() for c in concepts}
-    forget = "\n".join(f"{phrase(c.domain, c.name)} -> {phrase(c.domain, c.surrogate)}" for c in concepts)
+    surrogates = surrogates or {}
+    forget = "\n".join(f"{phrase(c.domain, c.name)} -> {phrase(c.domain, surrogates.get(c.domain, c.surrogate))}"
+                       for c in concepts)
     retain = [phrase("style", s) for s in STYLES if f"style:{s}" not in erased] + \
              [phrase("object", o) for o in OBJECTS if f"object:{o}" not in erased]
     return forget, "\n".join(retain)

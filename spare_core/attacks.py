@@ -70,6 +70,12 @@ class SoftTokenResult:
     losses: tuple[float, ...]      # the attack's loss at each step
 
 
+def share_undone(gap: float, erased_gap: float) -> float:
+    """The module docstring's figure from mean squared distances to the unerased prediction: the attacked prompt's
+    (``gap``) and the erased prompt's (``erased_gap``); 0 where there was no erasure to undo."""
+    return 1.0 - math.sqrt(gap / erased_gap) if erased_gap > 0 else 0.0
+
+
 def with_tokens(cond: Conditioning, tokens: torch.Tensor) -> Conditioning:
     """``cond`` with ``tokens`` (n, D) appended to every row's context. Where rows carry their own token count (DiT
     text encoders, padded to the longest row), the tokens go right after each row's own tokens and the count grows
@@ -115,8 +121,7 @@ def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBud
         final = float(gap(with_tokens(cond, tokens)))
     if final < best:
         best, best_tokens = final, tokens.detach().clone()
-    restored = 1.0 - math.sqrt(best / erased_gap) if erased_gap > 0 else 0.0
-    return SoftTokenResult(best_tokens.cpu(), restored, tuple(losses))
+    return SoftTokenResult(best_tokens.cpu(), share_undone(best, erased_gap), tuple(losses))
 
 
 # --- Discrete search (black-box) ---------------------------------------------------------------------------------
@@ -176,7 +181,7 @@ def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: li
         for i in range(len(prompts)):
             cond = encoded.select(torch.full((rows,), i, dtype=torch.long)).to(erased.device, erased.dtype)
             gap = float((erased.predict_noise(draws.x_t, draws.sigma, cond).float() - target).pow(2).mean())
-            shares.append(1.0 - math.sqrt(gap / erased_gap) if erased_gap > 0 else 0.0)
+            shares.append(share_undone(gap, erased_gap))
         return shares
 
     def pick() -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from .denoiser import Conditioning, Denoiser, draw_noise
+from .prompts import _normalise  # one phrase normaliser: a neighbour compares with a forget concept exactly
 from .samples import ConceptSamples
 
 RANKINGS = ("model", "text")
@@ -51,10 +52,6 @@ def read_vocabulary(name: str) -> list[str]:
         raise ValueError(f"vocabulary {name!r} does not exist; choose one of {', '.join(vocabularies())}")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _normalise(phrase: str) -> str:
-    return " ".join(phrase.strip().rstrip(".,;").split())
 
 
 def candidate_list(concept: str, vocabulary: Sequence[str], user_lines: str = "") -> list[str]:
