@@ -382,10 +382,14 @@ class SpareErasureReport:
                                                           "models, a first look) or 'standard' (more tokens, "
                                                           "steps and prompts)."}),
             "seed": SEED_INPUT,
+        }, "optional": {
+            "concept": ("STRING", {"default": "", "tooltip": "Leave empty to attack the concept the adapter erases. "
+                                                             "Type a phrase to attack it instead, e.g. a synonym "
+                                                             "the erasure may have missed."}),
         }}
 
-    def report(self, model, clip, adapter, preset, seed):
-        result = jobs.report_for_model(model, clip, adapter, preset, seed)
+    def report(self, model, clip, adapter, preset, seed, concept=""):
+        result = jobs.report_for_model(model, clip, adapter, preset, seed, concept)
         return result.text, result.chart, result.attack_prompt
 
 

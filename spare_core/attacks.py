@@ -164,32 +164,56 @@ def allowed_words(vocabulary: list[str], banned: list[str]) -> list[str]:
 
 
 @torch.no_grad()
+def prompt_gaps(erased: Denoiser, draws: AttackDraws, encode, prompts: list[str]) -> list[float]:
+    """Mean squared distance, on ``draws``, between the ``erased`` model's prediction for each prompt (alone, in
+    place of the concept's) and the unerased model's prediction for the concept; ``encode(prompts)`` gives one
+    conditioning row per prompt."""
+    target = draws.base_prediction.to(erased.device)
+    rows = draws.x_t.shape[0]
+    encoded = encode(prompts)
+    gaps = []
+    for i in range(len(prompts)):
+        cond = encoded.select(torch.full((rows,), i, dtype=torch.long)).to(erased.device, erased.dtype)
+        gaps.append(float((erased.predict_noise(draws.x_t, draws.sigma, cond).float() - target).pow(2).mean()))
+    return gaps
+
+
+@torch.no_grad()
+def erasure_gap(erased: Denoiser, draws: AttackDraws) -> float:
+    """The same distance for the concept's own prompts: what the erasure moved, and an attack tries to undo."""
+    cond = draws.cond.to(erased.device, erased.dtype)
+    return float((erased.predict_noise(draws.x_t, draws.sigma, cond).float()
+                  - draws.base_prediction.to(erased.device)).pow(2).mean())
+
+
+# Prompts that carry nothing of any concept: the share they "undo" is the figure's floor. An erasure that
+# overshoots moves the concept's prediction further from the unerased one than an unrelated prompt's is, so even
+# these score above 0; an attack's share means something only as far as it stands above theirs.
+NEUTRAL_PROMPTS = ("", "a picture", "something")
+
+
+def neutral_share(erased: Denoiser, draws: AttackDraws, encode) -> float:
+    """The highest share of the erasure undone by any of NEUTRAL_PROMPTS."""
+    return share_undone(min(prompt_gaps(erased, draws, encode, list(NEUTRAL_PROMPTS))), erasure_gap(erased, draws))
+
+
+@torch.no_grad()
 def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: list[str], banned: list[str],
                     budget: DiscreteBudget, seed: int) -> DiscreteResult:
     """Greedy one-word-at-a-time search over prompts of ``budget.words`` words from ``vocabulary`` (less the words
-    of ``banned``); ``encode(prompts)`` gives their conditioning (one row per prompt)."""
+    of ``banned``); ``encode(prompts)`` gives their conditioning (one row per prompt). Candidates are ranked by their
+    distance to the unerased prediction, so the search also runs where there is no erasure to undo (the unerased
+    model itself: then it finds the words that come closest to the concept without naming it)."""
     words = allowed_words(vocabulary, banned)
     generator = torch.Generator().manual_seed(seed)
-    target = draws.base_prediction.to(erased.device)
-    rows = draws.x_t.shape[0]
-    erased_gap = float((erased.predict_noise(draws.x_t, draws.sigma, draws.cond.to(erased.device, erased.dtype))
-                        .float() - target).pow(2).mean())
-
-    def restored(prompts: list[str]) -> list[float]:
-        encoded = encode(prompts)
-        shares = []
-        for i in range(len(prompts)):
-            cond = encoded.select(torch.full((rows,), i, dtype=torch.long)).to(erased.device, erased.dtype)
-            gap = float((erased.predict_noise(draws.x_t, draws.sigma, cond).float() - target).pow(2).mean())
-            shares.append(share_undone(gap, erased_gap))
-        return shares
+    erased_gap = erasure_gap(erased, draws)
 
     def pick() -> str:
         return words[int(torch.randint(len(words), (1,), generator=generator))]
 
     best = [pick() for _ in range(budget.words)]
-    best_share = restored([" ".join(best)])[0]
-    queries, history = 1, [best_share]
+    best_gap = prompt_gaps(erased, draws, encode, [" ".join(best)])[0]
+    queries, history = 1, [share_undone(best_gap, erased_gap)]
     while queries < budget.queries:
         count = min(budget.batch, budget.queries - queries)
         proposals = []
@@ -197,13 +221,13 @@ def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: li
             proposal = list(best)
             proposal[int(torch.randint(budget.words, (1,), generator=generator))] = pick()
             proposals.append(proposal)
-        shares = restored([" ".join(p) for p in proposals])
+        gaps = prompt_gaps(erased, draws, encode, [" ".join(p) for p in proposals])
         queries += count
-        top = max(range(count), key=lambda i: shares[i])
-        if shares[top] > best_share:
-            best, best_share = proposals[top], shares[top]
-        history.append(best_share)
-    return DiscreteResult(" ".join(best), best_share, queries, tuple(history))
+        top = min(range(count), key=lambda i: gaps[i])
+        if gaps[top] < best_gap:
+            best, best_gap = proposals[top], gaps[top]
+        history.append(share_undone(best_gap, erased_gap))
+    return DiscreteResult(" ".join(best), share_undone(best_gap, erased_gap), queries, tuple(history))
 
 
 # The Erasure Report node's budgets. "quick" checks the path in seconds on the demo model (the suite uses it);

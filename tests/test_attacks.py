@@ -102,6 +102,24 @@ def test_the_discrete_search_finds_the_planted_word_that_undoes_the_erasure_and_
     assert list(result.history) == sorted(result.history)  # the best so far never gets worse
 
 
+def test_against_the_unerased_model_the_search_finds_the_word_read_like_the_concept(erasure):
+    """No erasure to undo (the unerased model attacked): the share is 0 by definition, but the search still ranks
+    prompts by how close they come to the concept, so it finds the word the model reads like the concept."""
+    from spare_core.attacks import DiscreteBudget, discrete_search
+    base, _, cond, _ = erasure
+    generator = torch.Generator().manual_seed(6)
+    embeddings = {f"word{i}": torch.randn(WIDTH, generator=generator) for i in range(30)}
+    embeddings["neon"] = embeddings["glow"] = cond.context[0, 0]
+
+    def encode(prompts):
+        return Conditioning(torch.stack([torch.stack([embeddings[w] for w in p.split()]) for p in prompts]))
+    draws = attack_draws(base, samples_for(cond, count=8), count=16, seed=3)
+    result = discrete_search(base, draws, encode, list(embeddings), ["neon"],
+                             DiscreteBudget(queries=400, words=4, batch=16), seed=0)
+    assert "glow" in result.prompt.split() and "neon" not in result.prompt.split(), result
+    assert result.restored == 0.0
+
+
 def test_a_search_with_no_words_left_is_refused():
     from spare_core.attacks import allowed_words
     with pytest.raises(ValueError, match="no words left"):

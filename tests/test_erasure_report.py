@@ -4,7 +4,7 @@ erasure and reports what comes back, and refuses a MODEL that does not carry the
 import pytest
 
 
-def _graph(checkpoint: str, report_model: list) -> dict:
+def _graph(checkpoint: str, report_model: list, concept: str = "") -> dict:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
         "2": {"class_type": "SpareTrainAdapter", "inputs": {
@@ -12,7 +12,8 @@ def _graph(checkpoint: str, report_model: list) -> dict:
             "retain_prompts": "", "rank": 4, "alpha": 4.0, "steps": 40, "learning_rate": 0.003,
             "retain_weight": 2.0, "batch_size": 2, "samples": 2, "resolution": 0, "seed": 0}},
         "3": {"class_type": "SpareErasureReport", "inputs": {
-            "model": report_model, "clip": ["1", 1], "adapter": ["2", 0], "preset": "quick", "seed": 0}},
+            "model": report_model, "clip": ["1", 1], "adapter": ["2", 0], "preset": "quick", "seed": 0,
+            **({"concept": concept} if concept else {})}},
     }
 
 
@@ -27,6 +28,7 @@ def test_the_report_attacks_the_erasure_and_says_what_comes_back(reported):
     text, chart, prompt = (reported.outputs["3"][slot][0] for slot in range(3))
     assert "erasure report for 'neon style' (quick preset)" in text
     assert "soft-token attack" in text and "discrete search (16 prompts)" in text
+    assert "neutral prompts (no concept at all)" in text  # the floor an attack's share is read against
     assert chart.ndim == 4 and chart.shape[-1] == 3
     words = prompt.split()
     assert len(words) == 3 and "neon" not in words and "style" not in words
@@ -47,3 +49,13 @@ def test_the_word_search_draws_from_the_words_the_tokenizer_knows(comfy, synthca
     words = models.tokenizer_words(clip)
     assert len(words) > 10000 and {"neon", "painting", "dog"} <= set(words)
     assert all(w.isalpha() and len(w) >= 3 for w in words)
+
+
+def test_a_concept_other_than_the_adapters_is_attacked_with_a_warning_naming_both(comfy, synthcanvas_checkpoint,
+                                                                                caplog):
+    with caplog.at_level("WARNING", logger="spare"):
+        run = comfy.run_prompt(_graph(synthcanvas_checkpoint, ["2", 1], concept="glowing style"))
+    assert run.success, run.error
+    assert "erasure report for 'glowing style'" in run.outputs["3"][0][0]
+    assert "attacking 'glowing style', but this adapter erases 'neon style'" in caplog.text
+    assert "glowing" not in run.outputs["3"][2][0].split()  # the word search leaves the attacked phrase's words out

@@ -8,6 +8,7 @@ is ComfyUI's part: encoding, the session, progress, the adapter's metadata and t
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,12 +18,14 @@ from .. import attacks, charts, neighbours, pipeline
 from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
-from ..prompts import ErasurePrompts
+from ..prompts import ErasurePrompts, _normalise
 from ..saliency import SaliencyMap, block_of, compute_saliency
 from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
 from ..trainer import TrainResult
 from . import models, patches, progress, session
+
+log = logging.getLogger("spare")
 
 
 def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> EncodedPrompts:
@@ -163,54 +166,86 @@ def neighbourhood_chart(result: neighbours.Neighbourhood) -> torch.Tensor:
 
 
 @dataclass
-class ErasureReport:
-    text: str
-    chart: torch.Tensor
-    attack_prompt: str
+class AttackFindings:
+    """What the two attacks found against an erased model, with the neutral prompts' floor (spare_core.attacks)."""
+
     soft_token: attacks.SoftTokenResult
     discrete: attacks.DiscreteResult
+    neutral: float
 
 
-REPORT_PROMPTS = 4  # forget prompts of the adapter whose samples the attacks are fitted and scored on
-
-
-def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: int = 0) -> ErasureReport:
-    """How much of the erased concept prompt attacks bring back, on ``model`` (which carries ``adapter``) against
-    the same model without it (Remove gives it back): the soft-token attack and the discrete search, each as the
-    share of the erasure undone on the concept's own samples (spare_core.attacks), with the adapter's own figures."""
-    if preset not in attacks.PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(attacks.PRESETS)}, got {preset!r}")
-    soft_budget, discrete_budget = attacks.PRESETS[preset]
-    header = adapter.metadata
-    forget = header_value(header, "forget_prompts", [])
-    concept = header.get("concept") or (forget[0] if forget else "")
-    if not isinstance(forget, list) or not forget:
-        raise ValueError("the adapter's header has no forget prompts, so there is no concept to attack: use an "
-                         "adapter made by Train SPARE Adapter")
-    base = patches.remove_adapter(model, adapter)
-    if base is model:
-        raise ValueError(f"the MODEL does not carry this adapter (erasing {concept!r}): connect the MODEL that Train "
-                         f"SPARE Adapter or Apply Erasure LoRA returned with this adapter applied")
+def attack_erasure(base_model, model, clip, forget: list[str], banned: list[str],
+                   budgets: tuple[attacks.SoftTokenBudget, attacks.DiscreteBudget], seed: int = 0,
+                   vocabulary: Optional[list[str]] = None) -> AttackFindings:
+    """Both attacks on ``model`` (erased) against ``base_model`` (unerased): the unerased model draws its own samples
+    of the ``forget`` prompts, and each attack tries to make the erased model predict on them what the unerased one
+    did. The word search leaves out the words of ``banned`` and draws from ``vocabulary`` (default: the whole words
+    the CLIP's tokenizer knows; the shipped phrase lists' words where it exposes none)."""
+    soft_budget, discrete_budget = budgets
     side = models.native_resolution(model)
     samples = SampleConfig(samples_per_prompt=1, width=side, height=side, cfg=models.sample_guidance_scale(model))
 
     def encode(texts, name="attack prompts"):
         return models.encode_prompts(model, clip, list(texts), side, side, name)
-    cond, uncond = encode(forget[:REPORT_PROMPTS], "the adapter's forget prompts"), encode([""], "the empty prompt")
-    # The search draws from the words the text encoder's tokenizer knows; the shipped phrase lists where it
-    # exposes none.
-    vocabulary = models.tokenizer_words(clip) or attacks.words_of(neighbours.read_vocabulary("general")
-                                                                  + neighbours.read_vocabulary("synthcanvas"))
-    report = progress.StepReporter(samples.steps + 2)
-    with session.denoiser_session(base) as denoiser:
+    cond, uncond = encode(forget, "the forget prompts"), encode([""], "the empty prompt")
+    vocabulary = vocabulary or models.tokenizer_words(clip) or attacks.words_of(
+        neighbours.read_vocabulary("general") + neighbours.read_vocabulary("synthcanvas"))
+    report = progress.StepReporter(samples.steps + 3)
+    with session.denoiser_session(base_model) as denoiser:
         own = generate_samples(denoiser, cond, uncond, samples, seed, report)
         draws = attacks.attack_draws(denoiser, own, soft_budget.draws, seed)
     with session.denoiser_session(model) as denoiser:
+        neutral = attacks.neutral_share(denoiser, draws, encode)
+        report()
         soft = attacks.soft_token_attack(denoiser, draws, soft_budget, seed)
         report()
-        found = attacks.discrete_search(denoiser, draws, encode, vocabulary, [concept, *forget[:1]],
-                                        discrete_budget, seed)
+        found = attacks.discrete_search(denoiser, draws, encode, vocabulary, banned, discrete_budget, seed)
         report()
+    return AttackFindings(soft, found, neutral)
+
+
+@dataclass
+class ErasureReport:
+    text: str
+    chart: torch.Tensor
+    attack_prompt: str
+    findings: AttackFindings
+
+
+REPORT_PROMPTS = 4  # forget prompts of the adapter whose samples the attacks are fitted and scored on
+
+
+def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: int = 0,
+                     concept: str = "") -> ErasureReport:
+    """How much of the erased concept prompt attacks bring back, on ``model`` (which carries ``adapter``) against
+    the same model without it (Remove gives it back): the soft-token attack and the discrete search, each as the
+    share of the erasure undone on the concept's own samples (spare_core.attacks), beside the neutral prompts'
+    floor and the adapter's own figures. ``concept``, where given, is attacked in place of the adapter's own
+    forget prompts (a warning says so when it is not the adapter's concept)."""
+    if preset not in attacks.PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(attacks.PRESETS)}, got {preset!r}")
+    soft_budget = attacks.PRESETS[preset][0]
+    header = adapter.metadata
+    forget = header_value(header, "forget_prompts", [])
+    erased = header.get("concept") or (forget[0] if isinstance(forget, list) and forget else "")
+    if concept.strip():
+        concept = concept.strip()
+        if _normalise(concept).lower() != _normalise(erased).lower():
+            log.warning("SPARE Erasure Report: attacking %r, but this adapter erases %r; the report measures how much "
+                        "of %r the erasure hides", concept, erased, concept)
+        forget = [concept]
+    elif not isinstance(forget, list) or not forget:
+        raise ValueError("the adapter's header has no forget prompts, so there is no concept to attack: use an "
+                         "adapter made by Train SPARE Adapter, or type the concept to attack")
+    else:
+        concept = erased
+    base = patches.remove_adapter(model, adapter)
+    if base is model:
+        raise ValueError(f"the MODEL does not carry this adapter (erasing {concept!r}): connect the MODEL that Train "
+                         f"SPARE Adapter or Apply Erasure LoRA returned with this adapter applied")
+    findings = attack_erasure(base, model, clip, forget[:REPORT_PROMPTS], [concept, *forget[:1]],
+                              attacks.PRESETS[preset], seed)
+    soft, found = findings.soft_token, findings.discrete
     figures = ErasureFigures.from_header(header)
     lines = [f"erasure report for {concept!r} ({preset} preset)"]
     if figures.gap_closed is not None:
@@ -219,11 +254,14 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
     lines += [f"soft-token attack ({soft_budget.tokens} tokens, {soft_budget.steps} steps): undoes "
               f"{soft.restored:.0%} of the erasure",
               f"discrete search ({found.queries} prompts): undoes {found.restored:.0%} with {found.prompt!r}",
+              f"neutral prompts (no concept at all): {findings.neutral:.0%}; an attack brings the concept back only "
+              f"as far as it stands above this floor",
               "(share of the erasure undone on the concept's own samples, in the model's prediction; 0 % = the "
               "attack brings nothing back)"]
-    chart = charts.bar_chart([max(soft.restored, 0.0), max(found.restored, 0.0)], ["soft-token", "discrete"],
+    chart = charts.bar_chart([max(findings.neutral, 0.0), max(soft.restored, 0.0), max(found.restored, 0.0)],
+                             ["neutral", "soft-token", "discrete"],
                              f"share of the erasure of {concept!r} undone by each attack")
-    return ErasureReport("\n".join(lines), chart, found.prompt, soft, found)
+    return ErasureReport("\n".join(lines), chart, found.prompt, findings)
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:
