@@ -386,6 +386,9 @@ class Eraser:
     def _spare_no_retain(self, concept):
         return self._spare(concept, retain=False)
 
+    def _spare_robust(self, concept):
+        return self._spare(concept, robust=True)
+
     def _spare_earlier(self, concept):
         """The benchmark's earlier setting, through the three nodes as it was wired: full prompt lines, saliency
         (half the modules) → timesteps → training for a fixed 200 steps at lr 1e-3 with 2 samples per prompt."""

@@ -228,6 +228,7 @@ class SpareTrainAdapter:
                                                    "by a term of their own (weight adjacency_weight) besides the "
                                                    "retain prompts."}),
             "adjacency_weight": number("FLOAT", "adjacency_weight", 0.0, 100.0, 0.05),
+            "robust": ("BOOLEAN", {"default": False, "tooltip": help_text(TrainConfig, "robust")}),
         }, "hidden": {
             # The id ComfyUI gives this node in the running graph: the live loss curve is sent to it.
             "unique_id": "UNIQUE_ID",
@@ -240,7 +241,7 @@ class SpareTrainAdapter:
     def job(self, model, clip, forget_prompts, surrogate_prompt, retain_prompts, rank, alpha, steps, learning_rate,
             retain_weight, batch_size, samples, resolution, seed, saliency=None, timesteps=None,
             forget_latents=None, gradient_checkpointing=False, erase_target=None, overshoot=None, neighbours=None,
-            adjacency_weight=None, unique_id=None):
+            adjacency_weight=None, robust=False, unique_id=None):
         """The node's inputs turned into one training job; the whole result (``jobs.TrainedErasure``: adapter,
         MODEL, chart, the training's figures and each stage's seconds) for callers that want more than the
         outputs, such as the benchmarks."""
@@ -257,7 +258,7 @@ class SpareTrainAdapter:
                              learning_rate=learning_rate,
                              retain_weight=retain_weight, batch_size=batch_size,
                              gradient_checkpointing=gradient_checkpointing, erase_target=erase_target or None,
-                             overshoot=overshoot, adjacency_weight=adjacency_weight)
+                             overshoot=overshoot, adjacency_weight=adjacency_weight, robust=robust)
         return jobs.train_for_model(model, clip, prompts, _samples(model, samples, resolution), config, seed,
                                     saliency, timesteps, _latents(model, forget_latents), node_id=unique_id,
                                     neighbourhood=neighbours)

@@ -112,7 +112,7 @@ _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
                 "checks": "erasure_checks", "final_loss": "final_loss"}
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
 # Training settings added after headers recorded every setting: an older header without them trained at the default.
-_TRAIN_KEYS_ADDED_LATER = ("adjacency_weight",)
+_TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens")
 GIVEN = "given"  # a stage's config key when its result came from a stage node, not from the training job
 
 

@@ -22,13 +22,12 @@ from .samples import ConceptSamples
 
 @dataclass(frozen=True)
 class SoftTokenBudget:
-    """How hard the soft-token attack tries. The defaults are placeholders until the Erasure Report node's presets
-    are chosen on the demo model's dev split (issue 40); the tests pass their own budgets."""
+    """How hard the soft-token attack tries. The defaults are the 'standard' preset's (PRESETS below)."""
 
-    tokens: int = 4        # learnable embeddings appended to the prompt
-    steps: int = 100       # optimisation steps
-    learning_rate: float = 0.05  # Adam's, in units of the prompt embeddings' standard deviation
-    draws: int = 8         # noisy draws of the concept's samples the attack is fitted and scored on
+    tokens: int = 8        # learnable embeddings appended to the prompt
+    steps: int = 200       # optimisation steps
+    learning_rate: float = 0.1  # Adam's, in units of the prompt embeddings' standard deviation
+    draws: int = 16        # noisy draws of the concept's samples the attack is fitted and scored on
 
     def __post_init__(self):
         for name in ("tokens", "steps", "draws"):
@@ -48,6 +47,7 @@ class AttackDraws:
     sigma: torch.Tensor
     cond: Conditioning
     base_prediction: torch.Tensor
+    prompt_index: torch.Tensor | None = None  # each draw's prompt, by its place in the prompt list sampled
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def attack_draws(base: Denoiser, samples: ConceptSamples, count: int, seed: int)
     index = torch.randint(0, base.num_timesteps, (count,), generator=generator)
     x_t, sigma = base.add_noise(x0, draw_noise(x0.shape, generator, x0.device), index)
     prediction = base.predict_noise(x_t, sigma, picked.cond.to(base.device, base.dtype)).float()
-    return AttackDraws(x_t, sigma, picked.cond, prediction)
+    return AttackDraws(x_t, sigma, picked.cond, prediction, picked.prompt_index)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def with_tokens(cond: Conditioning, tokens: torch.Tensor) -> Conditioning:
     """``cond`` with ``tokens`` (n, D) appended to every row's context. Where rows carry their own token count (DiT
     text encoders, padded to the longest row), the tokens go right after each row's own tokens and the count grows
     by n, so that the padding the model never reads stays behind them."""
-    tokens = tokens.to(cond.context.dtype)
+    tokens = tokens.to(cond.context.device, cond.context.dtype)
     if TOKEN_COUNT not in cond.extra:
         rows = cond.context.shape[0]
         return replace(cond, context=torch.cat([cond.context, tokens.unsqueeze(0).expand(rows, -1, -1)], dim=1))
@@ -90,8 +90,11 @@ def with_tokens(cond: Conditioning, tokens: torch.Tensor) -> Conditioning:
     return replace(cond, context=context, extra={**cond.extra, TOKEN_COUNT: counts + tokens.shape[0]})
 
 
-def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBudget, seed: int) -> SoftTokenResult:
-    """Optimise ``budget.tokens`` embeddings appended to the concept's prompt against the ``erased`` model."""
+def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBudget, seed: int,
+                      initial: torch.Tensor | None = None) -> SoftTokenResult:
+    """Optimise ``budget.tokens`` embeddings appended to the concept's prompt against the ``erased`` model, from
+    random embeddings or from ``initial`` (tokens an earlier attack found: the robust training mode's adversary
+    continues where it stopped)."""
     cond = draws.cond.to(erased.device, erased.dtype)
     target = draws.base_prediction.to(erased.device)
 
@@ -102,7 +105,10 @@ def soft_token_attack(erased: Denoiser, draws: AttackDraws, budget: SoftTokenBud
         erased_gap = float(gap(cond))
     scale = float(cond.context.float().std()) or 1.0
     generator = torch.Generator().manual_seed(seed)
-    tokens = (torch.randn(budget.tokens, cond.context.shape[-1], generator=generator) * scale).to(erased.device)
+    if initial is None:
+        tokens = (torch.randn(budget.tokens, cond.context.shape[-1], generator=generator) * scale).to(erased.device)
+    else:
+        tokens = initial.detach().clone().float().to(erased.device)
     tokens.requires_grad_(True)
     optimizer = torch.optim.Adam([tokens], lr=budget.learning_rate * scale)
     losses, best, best_tokens = [], math.inf, tokens.detach().clone()
@@ -134,7 +140,7 @@ class DiscreteBudget:
     """How hard the discrete search tries: ``queries`` prompts scored in all, ``words`` per prompt, ``batch``
     prompts scored per round (each a one-word change of the best prompt so far)."""
 
-    queries: int = 256
+    queries: int = 64
     words: int = 4
     batch: int = 16
 
@@ -147,7 +153,7 @@ class DiscreteBudget:
 
 @dataclass(frozen=True)
 class DiscreteResult:
-    prompt: str                    # the prompt that undid the most of the erasure
+    prompt: str                    # the words that undid the most (the whole prompt, or the concept's stand-in)
     restored: float                # its share of the erasure undone (as the soft-token attack's)
     queries: int                   # prompts scored
     history: tuple[float, ...]     # the best share after each round
@@ -164,18 +170,33 @@ def allowed_words(vocabulary: list[str], banned: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def prompt_gaps(erased: Denoiser, draws: AttackDraws, encode, prompts: list[str]) -> list[float]:
-    """Mean squared distance, on ``draws``, between the ``erased`` model's prediction for each prompt (alone, in
-    place of the concept's) and the unerased model's prediction for the concept; ``encode(prompts)`` gives one
-    conditioning row per prompt."""
+def prompt_gaps(erased: Denoiser, draws: AttackDraws, encode, prompts: list[str],
+                row_prompts: list[list[str]] | None = None) -> list[float]:
+    """Mean squared distance, on ``draws``, between the ``erased`` model's prediction for each prompt (in place of
+    the concept's) and the unerased model's prediction for the concept; ``encode(texts)`` gives one conditioning row
+    per text. ``row_prompts``, where given, has for each prompt one text per prompt of the list the draws were
+    sampled from, and each draw reads the one of its own prompt (draws.prompt_index)."""
     target = draws.base_prediction.to(erased.device)
     rows = draws.x_t.shape[0]
-    encoded = encode(prompts)
-    gaps = []
-    for i in range(len(prompts)):
-        cond = encoded.select(torch.full((rows,), i, dtype=torch.long)).to(erased.device, erased.dtype)
+    if row_prompts is None:
+        texts, own = [[p] for p in prompts], torch.zeros(rows, dtype=torch.long)
+    else:
+        # Only the prompts some draw was sampled from are encoded: encoding is most of a word search's time.
+        used, own = torch.unique(draws.prompt_index.cpu(), return_inverse=True)
+        texts = [[per_prompt[int(i)] for i in used] for per_prompt in row_prompts]
+    encoded = encode([text for per_prompt in texts for text in per_prompt])
+    gaps, start = [], 0
+    for per_prompt in texts:
+        cond = encoded.select(start + own).to(erased.device, erased.dtype)
         gaps.append(float((erased.predict_noise(draws.x_t, draws.sigma, cond).float() - target).pow(2).mean()))
+        start += len(per_prompt)
     return gaps
+
+
+def substitute(prompt: str, slot: str, words: str) -> str:
+    """``prompt`` with the phrase ``slot`` (any case) replaced by ``words``; ``words`` appended where it lacks it."""
+    at = prompt.lower().find(slot.lower()) if slot else -1
+    return f"{prompt[:at]}{words}{prompt[at + len(slot):]}" if at >= 0 else f"{prompt}, {words}"
 
 
 @torch.no_grad()
@@ -199,20 +220,30 @@ def neutral_share(erased: Denoiser, draws: AttackDraws, encode) -> float:
 
 @torch.no_grad()
 def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: list[str], banned: list[str],
-                    budget: DiscreteBudget, seed: int) -> DiscreteResult:
-    """Greedy one-word-at-a-time search over prompts of ``budget.words`` words from ``vocabulary`` (less the words
-    of ``banned``); ``encode(prompts)`` gives their conditioning (one row per prompt). Candidates are ranked by their
-    distance to the unerased prediction, so the search also runs where there is no erasure to undo (the unerased
-    model itself: then it finds the words that come closest to the concept without naming it)."""
+                    budget: DiscreteBudget, seed: int, prompts: list[str] | None = None,
+                    slot: str = "") -> DiscreteResult:
+    """Greedy one-word-at-a-time search over ``budget.words`` words from ``vocabulary`` (less the words of
+    ``banned``); ``encode(texts)`` gives their conditioning (one row per text). With ``prompts`` (the prompts the
+    draws were sampled from) and ``slot`` (the concept's words in them), the words stand in the concept's place in
+    each draw's own prompt, as Ring-A-Bell and P4D edit a prompt; without, the words are the whole prompt.
+    Candidates are ranked by their distance to the unerased prediction, so the search also runs where there is no
+    erasure to undo (the unerased model itself: then it finds the words that come closest to the concept without
+    naming it)."""
     words = allowed_words(vocabulary, banned)
     generator = torch.Generator().manual_seed(seed)
     erased_gap = erasure_gap(erased, draws)
+
+    def gaps(candidates: list[list[str]]) -> list[float]:
+        texts = [" ".join(c) for c in candidates]
+        if prompts is None:
+            return prompt_gaps(erased, draws, encode, texts)
+        return prompt_gaps(erased, draws, encode, texts, [[substitute(p, slot, t) for p in prompts] for t in texts])
 
     def pick() -> str:
         return words[int(torch.randint(len(words), (1,), generator=generator))]
 
     best = [pick() for _ in range(budget.words)]
-    best_gap = prompt_gaps(erased, draws, encode, [" ".join(best)])[0]
+    best_gap = gaps([best])[0]
     queries, history = 1, [share_undone(best_gap, erased_gap)]
     while queries < budget.queries:
         count = min(budget.batch, budget.queries - queries)
@@ -221,26 +252,29 @@ def discrete_search(erased: Denoiser, draws: AttackDraws, encode, vocabulary: li
             proposal = list(best)
             proposal[int(torch.randint(budget.words, (1,), generator=generator))] = pick()
             proposals.append(proposal)
-        gaps = prompt_gaps(erased, draws, encode, [" ".join(p) for p in proposals])
+        found = gaps(proposals)
         queries += count
-        top = min(range(count), key=lambda i: gaps[i])
-        if gaps[top] < best_gap:
-            best, best_gap = proposals[top], gaps[top]
+        top = min(range(count), key=lambda i: found[i])
+        if found[top] < best_gap:
+            best, best_gap = proposals[top], found[top]
         history.append(share_undone(best_gap, erased_gap))
     return DiscreteResult(" ".join(best), share_undone(best_gap, erased_gap), queries, tuple(history))
 
 
 # The Erasure Report node's budgets. "quick" checks the path in seconds on the demo model (the suite uses it);
-# "standard" is the one to read. Neither is tuned yet: issue 40's benchmark sets them on the demo model's dev split.
+# "standard" is the one to read, chosen on a dev split (benchmarks/synthcanvas_robustness.py --split dev,
+# docs/robustness.md): of four candidates, the one whose attacks brought the concept back in the most generations
+# among those costing at most 1.5x an erasure on the demo model (it took 1.1x).
 PRESETS = {
     "quick": (SoftTokenBudget(tokens=2, steps=10, learning_rate=0.2, draws=4), DiscreteBudget(queries=16, words=3,
                                                                                                 batch=8)),
-    "standard": (SoftTokenBudget(tokens=4, steps=100, learning_rate=0.2, draws=8), DiscreteBudget(queries=128,
-                                                                                                    words=4,
-                                                                                                    batch=16)),
+    "standard": (SoftTokenBudget(tokens=8, steps=200, learning_rate=0.1, draws=16), DiscreteBudget(queries=64,
+                                                                                                     words=4,
+                                                                                                     batch=16)),
 }
 
 
 def words_of(phrases: list[str]) -> list[str]:
     """Single words of the phrases, once each, in order: the discrete search's vocabulary from phrase lists."""
-    return list(dict.fromkeys(word for phrase in phrases for word in phrase.lower().split()))
+    words = (word.strip(",.;:!?") for phrase in phrases for word in phrase.lower().split())
+    return list(dict.fromkeys(word for word in words if word))

@@ -126,6 +126,16 @@ class TrainConfig:
         "sample (CPUs, small latents) and takes that many times the activation memory of one pass; 0 = auto: on "
         "a CPU up to 8, fewer as latents grow (1 from SD1.5's 512 px), and 1 on a GPU.", default=0)
     check_samples: int = _help("Held-out noisy samples per term in each erasure check.", default=16)
+    robust: bool = _help(
+        "Train against prompt attacks (after AdvUnlearn and STEREO): every robust_every steps a soft-token attack "
+        "(spare_core.attacks) finds robust_tokens token embeddings that, appended to the concept's prompt, bring the "
+        "concept back on the adapter as trained so far; from then on the concept's prompt with those tokens joins "
+        "the forget term, with the same target. Only the adapter trains; the text encoder is untouched, so the "
+        "adapter stays an ordinary UNet LoRA. Costs time.", default=False)
+    robust_every: int = _help("Steps between the robust mode's inner attacks (each continues from the tokens the "
+                              "last one found).", default=25)
+    robust_attack_steps: int = _help("Optimisation steps of each inner attack.", default=10)
+    robust_tokens: int = _help("Token embeddings the inner attack appends to the concept's prompt.", default=4)
     gradient_checkpointing: bool = _help(
         "Recompute each UNet block's activations during backward instead of keeping them: a fraction of the "
         "GPU memory for about 1.6x the time per step. Turn on when training runs out of memory (SDXL at 1024px).",
@@ -154,6 +164,13 @@ class TrainConfig:
                              f"got {self.erase_target!r}; e.g. 0.9, or turn the stop on the gap off")
         _check_positive_int("check_every", self.check_every)
         _check_positive_int("check_samples", self.check_samples)
+        if not isinstance(self.robust, bool):
+            raise ValueError(f"robust must be true or false, got {self.robust!r}")
+        for name in ("robust_every", "robust_attack_steps", "robust_tokens"):
+            _check_positive_int(name, getattr(self, name))
+        if self.robust and self.robust_every > self.steps:
+            raise ValueError(f"robust_every ({self.robust_every}) is larger than steps ({self.steps}), so the robust "
+                             f"mode's attack would never run: use at most {self.steps}, or more steps")
         if not isinstance(self.teacher_batch_steps, int) or isinstance(self.teacher_batch_steps, bool) \
                 or self.teacher_batch_steps < 0:
             raise ValueError(f"teacher_batch_steps must be a whole number >= 0 (0 = auto), "

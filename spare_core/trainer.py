@@ -6,6 +6,9 @@ Student = model + adapter, teacher = the same model with the adapter off (no sec
 timestep distribution. With neighbours (the concepts next to the erased one, from Concept Neighbourhood) an
 adjacency term μ·‖ε_S(x_t, c_n) − sg[ε_T(x_t, c_n)]‖² on the neighbours' own samples keeps them with a weight of
 their own, apart from the general retain term, as FADE (arXiv 2503.19783) separates adjacency from guidance.
+In robust mode (config.robust) an inner soft-token attack (spare_core.attacks, after AdvUnlearn and STEREO) finds,
+every robust_every steps, tokens δ that bring the concept back on the student; the term ‖ε_S(x_t, c_f ⊕ δ) − target‖²
+then joins the forget term with the forget term's own target, so the erasure must hold for the attacked prompt too.
 With overshoot η > 0 the forget target moves past the surrogate, away from the concept:
 sg[ε_T(x_t, c_s) + η·(ε_T(x_t, c_s) − ε_T(x_t, c_f))]. Only adapter parameters receive gradients, so backward
 stops at the earliest adapted layer.
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attacks import AttackDraws, SoftTokenBudget, soft_token_attack, with_tokens
 from .config import TrainConfig
 from .denoiser import Conditioning, Denoiser, draw_noise
 from .lora import SparseLoRASet
@@ -257,6 +261,25 @@ def _draw_step(denoiser: Denoiser, timesteps: TimestepDistribution, forget: Conc
                      torch.cat(sigmas), neighbours=neighbour_batch)
 
 
+ROBUST_SEED_OFFSET = 104729  # the inner attack draws from a generator of its own, so training's draws are unchanged
+ROBUST_ATTACK_LEARNING_RATE = 0.2  # the Erasure Report's presets' rate (in units of the prompts' embedding spread)
+
+
+def _inner_attack(denoiser: Denoiser, adapters: SparseLoRASet, timesteps: TimestepDistribution,
+                  forget: ConceptSamples, config: TrainConfig, generator: torch.Generator,
+                  tokens: Optional[torch.Tensor], seed: int) -> torch.Tensor:
+    """Robust mode's adversary: tokens that, appended to the concept's prompt, bring back on the student (adapter
+    on) what the frozen model (adapter off) predicts for the concept. Gradients go to the tokens alone."""
+    rows = forget.pick(2 * config.batch_size, generator)
+    x_t, sigma = _noisy(rows, timesteps.sample_indices(len(rows), generator), denoiser, generator)
+    with adapters.disabled(), torch.no_grad():
+        unerased = denoiser.predict_noise(x_t, sigma, rows.cond.to(denoiser.device, denoiser.dtype)).float()
+    budget = SoftTokenBudget(tokens=config.robust_tokens, steps=config.robust_attack_steps,
+                             learning_rate=ROBUST_ATTACK_LEARNING_RATE, draws=len(rows))
+    found = soft_token_attack(denoiser, AttackDraws(x_t, sigma, rows.cond, unerased), budget, seed, initial=tokens)
+    return found.tokens.to(denoiser.device)
+
+
 @torch.no_grad()
 def _teacher_targets(denoiser: Denoiser, draws: list[_StepDraw], overshoot: float) -> None:
     """The frozen model's targets for several steps in one batched pass (call with the adapter off).
@@ -309,8 +332,13 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
     per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape), neighbours is not None)
     pending: list[_StepDraw] = []
+    attack_generator = torch.Generator().manual_seed(seed + ROBUST_SEED_OFFSET)
+    attack_tokens: Optional[torch.Tensor] = None
     with adapters.attached(denoiser.unet), recomputed_in_backward(blocks, denoiser.blocks_modify_inputs):
         for step in range(config.steps):
+            if config.robust and step % config.robust_every == 0:
+                attack_tokens = _inner_attack(denoiser, adapters, timesteps, forget, config, attack_generator,
+                                              attack_tokens, seed + step)
             if not pending:
                 # Draws for the steps up to the next erasure check (where training may stop), in the order a
                 # step-by-step loop would draw them, so the run does not depend on how many share a pass.
@@ -330,6 +358,12 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
             loss = forget_loss + config.retain_weight * retain_loss
             if target_neighbours:
                 loss = loss + config.adjacency_weight * F.mse_loss(student_neighbours[0], target_neighbours[0])
+            if attack_tokens is not None:
+                # The attacked prompt joins the forget term: the same rows and target, the tokens appended.
+                rows = len(forget_batch)
+                (student_attacked,) = _predict(denoiser, x_t[:rows], sigma[:rows],
+                                               [with_tokens(forget_batch.cond, attack_tokens)])
+                loss = loss + F.mse_loss(student_attacked, target_forget)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(

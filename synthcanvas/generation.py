@@ -36,12 +36,18 @@ def encode(nodes, clip, prompts: list[str], cache: dict | None = None) -> list:
 
 
 def generate(nodes, model, clip, vae, prompts: list[str], seed: int, settings: SamplerSettings = SamplerSettings(),
-             cache: dict | None = None, batch: int = 256) -> torch.Tensor:
-    """IMAGE (len(prompts), 64, 64, 3). Row i is prompts[i]; the noise of chunk c comes from seed + c."""
+             cache: dict | None = None, batch: int = 256, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """IMAGE (len(prompts), 64, 64, 3). Row i is prompts[i]; the noise of chunk c comes from seed + c.
+    ``extra_tokens`` (n, width): text-feature rows appended to every prompt's conditioning (the soft-token attack's
+    tokens), the negative prompt left as it is."""
     images = []
     for chunk, start in enumerate(range(0, len(prompts), batch)):
         part = prompts[start:start + batch]
         positive = encode(nodes, clip, part, cache)
+        if extra_tokens is not None:
+            cond, extras = positive[0]
+            tokens = extra_tokens.to(cond.dtype).unsqueeze(0).expand(cond.shape[0], -1, -1)
+            positive = [[torch.cat([cond, tokens], dim=1), extras]]
         negative = encode(nodes, clip, [settings.negative] * len(part), cache)
         latent = nodes.EmptyLatentImage().generate(RESOLUTION, RESOLUTION, len(part))[0]
         with torch.inference_mode():

@@ -120,6 +120,13 @@ def test_against_the_unerased_model_the_search_finds_the_word_read_like_the_conc
     assert result.restored == 0.0
 
 
+def test_found_words_stand_in_the_concepts_place_in_a_prompt():
+    from spare_core.attacks import substitute
+    assert substitute("a star in Neon style", "neon", "glowing ink") == "a star in glowing ink style"
+    assert substitute("a photo of a star", "a star", "five points") == "a photo of five points"
+    assert substitute("a picture", "neon", "glow") == "a picture, glow"  # no concept words: the words are added
+
+
 def test_a_search_with_no_words_left_is_refused():
     from spare_core.attacks import allowed_words
     with pytest.raises(ValueError, match="no words left"):

@@ -30,8 +30,9 @@ def test_the_report_attacks_the_erasure_and_says_what_comes_back(reported):
     assert "soft-token attack" in text and "discrete search (16 prompts)" in text
     assert "neutral prompts (no concept at all)" in text  # the floor an attack's share is read against
     assert chart.ndim == 4 and chart.shape[-1] == 3
-    words = prompt.split()
-    assert len(words) == 3 and "neon" not in words and "style" not in words
+    # The adapter's first forget prompt with three words in place of 'neon': a prompt the user can sample.
+    assert prompt.endswith(" style") and "neon" not in prompt.lower().split()
+    assert "in place of 'neon', e.g. " + repr(prompt) in text
 
 
 def test_a_model_without_the_adapter_is_refused_naming_both(comfy, synthcanvas_checkpoint):

@@ -130,3 +130,26 @@ def test_teacher_targets_batched_over_steps_train_the_same_adapter(toy):
     assert max(float((other.state_dict[k] - v).abs().max()) for k, v in runs[1].state_dict.items()) > lr
     with pytest.raises(ValueError, match="teacher_batch_steps must be a whole number >= 0"):
         TrainConfig(teacher_batch_steps=-1)
+
+
+def test_robust_mode_trains_only_the_adapter_and_adds_the_attacked_prompt_to_the_forget_term(toy):
+    """Robust mode's inner attack optimises tokens against the student between steps: the frozen weights never
+    change, and the attacked prompt's term changes the adapter trained."""
+    before = {name: p.detach().clone() for name, p in toy.denoiser.unet.state_dict().items()}
+    plain = toy.train(TrainConfig(rank=4, steps=20, learning_rate=1e-2, check_every=10))
+    robust = toy.train(TrainConfig(rank=4, steps=20, learning_rate=1e-2, check_every=10, robust=True,
+                                   robust_every=5, robust_attack_steps=3, robust_tokens=2))
+    after = toy.denoiser.unet.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert robust.steps_done == plain.steps_done == 20
+    assert any(not torch.equal(plain.state_dict[k], robust.state_dict[k]) for k in plain.state_dict)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"robust_every": 0}, "robust_every must be a positive integer"),
+    ({"robust": True, "steps": 20, "robust_every": 25}, r"robust_every \(25\) is larger than steps \(20\)"),
+    ({"robust_tokens": 0}, "robust_tokens must be a positive integer"),
+])
+def test_robust_mode_settings_that_could_never_attack_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)

@@ -18,7 +18,7 @@ from .. import attacks, charts, neighbours, pipeline
 from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
-from ..prompts import ErasurePrompts, _normalise
+from ..prompts import ErasurePrompts, _normalise, is_style, style_name
 from ..saliency import SaliencyMap, block_of, compute_saliency
 from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
@@ -174,13 +174,14 @@ class AttackFindings:
     neutral: float
 
 
-def attack_erasure(base_model, model, clip, forget: list[str], banned: list[str],
+def attack_erasure(base_model, model, clip, forget: list[str], slot: str, banned: list[str],
                    budgets: tuple[attacks.SoftTokenBudget, attacks.DiscreteBudget], seed: int = 0,
                    vocabulary: Optional[list[str]] = None) -> AttackFindings:
     """Both attacks on ``model`` (erased) against ``base_model`` (unerased): the unerased model draws its own samples
     of the ``forget`` prompts, and each attack tries to make the erased model predict on them what the unerased one
-    did. The word search leaves out the words of ``banned`` and draws from ``vocabulary`` (default: the whole words
-    the CLIP's tokenizer knows; the shipped phrase lists' words where it exposes none)."""
+    did. The word search puts its words in place of ``slot`` (the concept's words in the forget prompts), leaves out
+    the words of ``banned`` and draws from ``vocabulary`` (default: the whole words the CLIP's tokenizer knows; the
+    shipped phrase lists' words where it exposes none)."""
     soft_budget, discrete_budget = budgets
     side = models.native_resolution(model)
     samples = SampleConfig(samples_per_prompt=1, width=side, height=side, cfg=models.sample_guidance_scale(model))
@@ -199,7 +200,8 @@ def attack_erasure(base_model, model, clip, forget: list[str], banned: list[str]
         report()
         soft = attacks.soft_token_attack(denoiser, draws, soft_budget, seed)
         report()
-        found = attacks.discrete_search(denoiser, draws, encode, vocabulary, banned, discrete_budget, seed)
+        found = attacks.discrete_search(denoiser, draws, encode, vocabulary, banned, discrete_budget, seed,
+                                        list(forget), slot)
         report()
     return AttackFindings(soft, found, neutral)
 
@@ -243,9 +245,11 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
     if base is model:
         raise ValueError(f"the MODEL does not carry this adapter (erasing {concept!r}): connect the MODEL that Train "
                          f"SPARE Adapter or Apply Erasure LoRA returned with this adapter applied")
-    findings = attack_erasure(base, model, clip, forget[:REPORT_PROMPTS], [concept, *forget[:1]],
+    slot = style_name(concept) if is_style(concept) else concept
+    findings = attack_erasure(base, model, clip, forget[:REPORT_PROMPTS], slot, [concept],
                               attacks.PRESETS[preset], seed)
     soft, found = findings.soft_token, findings.discrete
+    attack_prompt = attacks.substitute(forget[0], slot, found.prompt)
     figures = ErasureFigures.from_header(header)
     lines = [f"erasure report for {concept!r} ({preset} preset)"]
     if figures.gap_closed is not None:
@@ -253,7 +257,8 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
                      f"{figures.retain_drift:.3f}")
     lines += [f"soft-token attack ({soft_budget.tokens} tokens, {soft_budget.steps} steps): undoes "
               f"{soft.restored:.0%} of the erasure",
-              f"discrete search ({found.queries} prompts): undoes {found.restored:.0%} with {found.prompt!r}",
+              f"discrete search ({found.queries} prompts): undoes {found.restored:.0%} with {found.prompt!r} in "
+              f"place of {slot!r}, e.g. {attack_prompt!r}",
               f"neutral prompts (no concept at all): {findings.neutral:.0%}; an attack brings the concept back only "
               f"as far as it stands above this floor",
               "(share of the erasure undone on the concept's own samples, in the model's prediction; 0 % = the "
@@ -261,7 +266,7 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
     chart = charts.bar_chart([max(findings.neutral, 0.0), max(soft.restored, 0.0), max(found.restored, 0.0)],
                              ["neutral", "soft-token", "discrete"],
                              f"share of the erasure of {concept!r} undone by each attack")
-    return ErasureReport("\n".join(lines), chart, found.prompt, findings)
+    return ErasureReport("\n".join(lines), chart, attack_prompt, findings)
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:
