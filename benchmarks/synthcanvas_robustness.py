@@ -9,7 +9,8 @@ on two concepts).
 
 Rows are METHOD:CONCEPT. Each row erases the concept (none: the unerased model itself; spare: one Train SPARE
 Adapter job at its defaults, the concept typed as a phrase onto the benchmark's usual surrogate with every other
-concept as a retain phrase; spare_robust: the same with the Train node's robust input on; uce / esd_x: spare_core-free reimplementations in benchmarks/baselines.py), then attacks
+concept as a retain phrase; spare_robust: the same with the Train node's robust input on; uce / esd_x:
+spare_core-free reimplementations in benchmarks/baselines.py), then attacks
 it with the Erasure Report node's own job (spare_core.comfyui.jobs.attack_erasure) at the 'standard' preset:
 - the attack prompts are the concept with the first 4 concepts of the other domain on the split's first template (as
   many as the node attacks); the unerased model draws its own samples of them, and both attacks fit to those;
