@@ -150,8 +150,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default="", help="METHOD:CONCEPT rows (default: every row of the split)")
     parser.add_argument("--redo", default="", help="rows to measure again although the file has them")
     parser.add_argument("--json", type=Path, default=None, help="default: the split's file in docs/results")
+    parser.add_argument("--table", action="store_true", help="print the JSON's figures as markdown tables and stop")
     args = parser.parse_args(argv)
     split = SPLITS[args.split]
+    if args.table:
+        print(markdown(json.loads((args.json or split.json).read_text()), split))
+        return 0
     concepts = parse_concepts(split.concepts)
     every = [f"{m}:{c.label()}" for c in concepts for m in split.methods]
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] or every
@@ -242,6 +246,34 @@ def main(argv=None) -> int:
                    "" if args.split == "heldout" else "_dev")
         print(f"{row}: " + ", ".join(f"{k} {v}" for k, v in figures.items()), flush=True)
     return 0
+
+
+FIGURES = (("asr_plain", "plain"), ("asr_soft_token", "soft-token"), ("asr_discrete", "word search"),
+           ("asr_paraphrase", "paraphrase"), ("IRA", "IRA"), ("CRA", "CRA"), ("seconds", "erasure s"),
+           ("attack_seconds", "attack s"))
+
+
+def markdown(results: dict, split: Split) -> str:
+    """The means per method, then each concept's row per method (ASR columns: the share of attacked generations
+    judged to show the erased concept)."""
+    def cell(row: dict, key: str) -> str:
+        return "" if key not in row else f"{row[key]:.1f}" if "seconds" in key else f"{row[key]:.3f}"
+    methods = [m for m in split.methods + tuple(r.split(":", 1)[0] for r in split.on_request) if m in results]
+    shown = [(key, name) for key, name in FIGURES if any(key in results[m] for m in methods)]
+    lines = ["| method | " + " | ".join(name for _, name in shown) + " | concepts |",
+             "|---" * (len(shown) + 2) + "|"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell(results[m], k) for k, _ in shown)
+                     + f" | {len(results[m]['concepts'])} |")
+    lines += ["", "| concept | method | " + " | ".join(name for _, name in shown) + " | words found |",
+              "|---" * (len(shown) + 3) + "|"]
+    for concept in dict.fromkeys(c for m in methods for c in results[m]["per_concept"]):
+        for m in methods:
+            row = results[m]["per_concept"].get(concept)
+            if row is not None:
+                lines.append(f"| {concept} | {m} | " + " | ".join(cell(row, k) for k, _ in shown)
+                             + f" | {row['discrete_prompt']} |")
+    return "\n".join(lines)
 
 
 def write_grid(tile_folder: Path, concept: Concept, split: Split, shown: list[str], attack_prompts: list[str],
