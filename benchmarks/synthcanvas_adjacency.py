@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.resumable import rows_to_measure
 from benchmarks.unlearncanvas import (
     EVAL_SEED,
     Concept,
@@ -157,16 +158,9 @@ def main(argv=None) -> int:
     split = SPLITS[args.split]
     concepts = parse_concepts(split.concepts)
     every = [f"{m}:{c.label()}" for c in concepts for m in split.methods]
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()] or every
-    redo = {r.strip() for r in args.redo.split(",") if r.strip()}
-    unknown = [r for r in rows + sorted(redo) if r not in every]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {', '.join(every)}")
     json_path = args.json or split.json
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    todo = [r for r in rows if r in redo
-            or r.split(":", 1)[1] not in results.get(r.split(":", 1)[0], {}).get("per_concept", {})]
-    print(f"rows to measure: {', '.join(todo) or 'none'}", flush=True)
+    todo = rows_to_measure(parser, args.rows, args.redo, every, results)
     if not todo:
         return 0
 

@@ -1,0 +1,26 @@
+"""The resumable benchmarks' rows: METHOD:CONCEPT, measured once and kept in the JSON under
+results[METHOD]["per_concept"][CONCEPT], so that a re-run measures only what is missing (or what --redo names)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def listed(text: str) -> list[str]:
+    """A comma-separated command-line list, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def rows_to_measure(parser: argparse.ArgumentParser, rows: str, redo: str, every: list[str], results: dict,
+                    on_request: tuple[str, ...] = ()) -> list[str]:
+    """The rows of ``rows`` (default: ``every``) that ``results`` lacks, and those ``redo`` names; a row outside
+    ``every`` and ``on_request`` (rows run only when named) is a command-line error naming the valid ones."""
+    wanted, again = listed(rows) or every, set(listed(redo))
+    valid = every + list(on_request)
+    unknown = [row for row in wanted + sorted(again) if row not in valid]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(valid)}")
+    todo = [row for row in wanted if row in again
+            or row.split(":", 1)[1] not in results.get(row.split(":", 1)[0], {}).get("per_concept", {})]
+    print(f"rows to measure: {', '.join(todo) or 'none'}", flush=True)
+    return todo
