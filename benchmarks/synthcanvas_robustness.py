@@ -42,6 +42,9 @@ the mean SPARE erasure seconds (the issue's limit is 2×; the margin is for othe
 the cheaper one.
 - robust_dev (issue 41): the dev split's concepts, templates and seed, attacked at 'standard'; SPARE at its defaults
   and in robust mode at each of ROBUST_CANDIDATES (TrainConfig settings the node does not expose), with IRA and CRA.
+  The rule, written before its rows were measured: among candidates whose mean IRA and mean CRA are both >= 0.95,
+  the lowest mean asr_soft_token (within 0.05 of it, the fastest); if none keeps both, none is chosen and the
+  robust defaults stay as they are.
 The JSON is written after every row; a re-run skips rows already there unless --redo names them. Grids of the
 attacked generations go to docs/images/robustness/ (one per concept, a column per method, rebuilt after each row).
 """
