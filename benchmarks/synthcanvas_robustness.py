@@ -162,10 +162,11 @@ def robust_erasure(runtime, model, clip, concept: Concept, overrides: dict):
     side = inputs["resolution"] or models.native_resolution(model)
     samples = SampleConfig(samples_per_prompt=inputs["samples"], width=side, height=side,
                            cfg=models.sample_guidance_scale(model))
-    config = TrainConfig(rank=inputs["rank"], alpha=inputs["alpha"], steps=inputs["steps"],
-                         learning_rate=inputs["learning_rate"], retain_weight=inputs["retain_weight"],
-                         batch_size=inputs["batch_size"], erase_target=inputs["erase_target"] or None,
-                         overshoot=inputs["overshoot"], robust=True, **overrides)
+    settings = {"rank": inputs["rank"], "alpha": inputs["alpha"], "steps": inputs["steps"],
+                "learning_rate": inputs["learning_rate"], "retain_weight": inputs["retain_weight"],
+                "batch_size": inputs["batch_size"], "erase_target": inputs["erase_target"] or None,
+                "overshoot": inputs["overshoot"], "robust": True}
+    config = TrainConfig(**{**settings, **overrides})
     started = time.perf_counter()
     trained = jobs.train_for_model(model, clip, ErasurePrompts.parse(forget, surrogate, retain), samples, config,
                                    inputs["seed"])
