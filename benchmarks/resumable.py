@@ -4,6 +4,17 @@ results[METHOD]["per_concept"][CONCEPT], so that a re-run measures only what is 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+
+def row_parser(description: str, splits) -> argparse.ArgumentParser:
+    """The command line every resumable benchmark shares: --split, --rows, --redo, --json."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--split", choices=sorted(splits), default="heldout")
+    parser.add_argument("--rows", default="", help="METHOD:CONCEPT rows (default: every row of the split)")
+    parser.add_argument("--redo", default="", help="rows to measure again although the file has them")
+    parser.add_argument("--json", type=Path, default=None, help="default: the split's file in docs/results")
+    return parser
 
 
 def listed(text: str) -> list[str]:

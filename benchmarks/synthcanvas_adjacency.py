@@ -39,7 +39,6 @@ The JSON is written after every row; a re-run skips the rows already there unles
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.resumable import rows_to_measure
+from benchmarks.resumable import row_parser, rows_to_measure
 from benchmarks.unlearncanvas import (
     EVAL_SEED,
     Concept,
@@ -149,11 +148,7 @@ def means(per_concept: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=sorted(SPLITS), default="heldout")
-    parser.add_argument("--rows", default="", help="METHOD:CONCEPT rows (default: every row of the split)")
-    parser.add_argument("--redo", default="", help="rows to measure again although the file has them")
-    parser.add_argument("--json", type=Path, default=None, help="default: the split's file in docs/results")
+    parser = row_parser(__doc__.splitlines()[0], SPLITS)
     args = parser.parse_args(argv)
     split = SPLITS[args.split]
     concepts = parse_concepts(split.concepts)

@@ -51,7 +51,6 @@ attacked generations go to docs/images/robustness/ (one per concept, a column pe
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -65,7 +64,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.resumable import rows_to_measure
+from benchmarks.resumable import row_parser, rows_to_measure
 from benchmarks.unlearncanvas import (
     EVAL_SEED,
     Concept,
@@ -190,11 +189,7 @@ def means(per_concept: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=sorted(SPLITS), default="heldout")
-    parser.add_argument("--rows", default="", help="METHOD:CONCEPT rows (default: every row of the split)")
-    parser.add_argument("--redo", default="", help="rows to measure again although the file has them")
-    parser.add_argument("--json", type=Path, default=None, help="default: the split's file in docs/results")
+    parser = row_parser(__doc__.splitlines()[0], SPLITS)
     parser.add_argument("--table", action="store_true", help="print the JSON's figures as markdown tables and stop")
     args = parser.parse_args(argv)
     split = SPLITS[args.split]
