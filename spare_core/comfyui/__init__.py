@@ -20,12 +20,12 @@ The tools that start ComfyUI themselves (the headless boot, the batch runner and
 their own, ``spare_core.runner``: it imports this door, and nothing here imports it.
 """
 
-import importlib
+from importlib import import_module
 
 _SUBMODULES = ("files", "jobs", "models", "patches", "progress", "session")
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
