@@ -323,12 +323,16 @@ class SpareSaveAdapter:
                                                "file_name_00001_.safetensors, then _00002_ on the next run, never "
                                                "replacing a file. Off = exactly file_name ('overwrite' decides when "
                                                "it exists)."}),
+            "keep_float32": ("BOOLEAN", {"default": False,
+                                         "tooltip": "Off (default): the LoRA weights are stored in float16, half "
+                                                    "the file, with images the same to within float16 rounding "
+                                                    "(docs/benchmarks.md). On: float32, exactly as trained."}),
         }}
 
-    def save(self, adapter, file_name, overwrite, counter=None):
+    def save(self, adapter, file_name, overwrite, counter=None, keep_float32=False):
         # A prompt written before the counter existed (counter absent) keeps its exact file name.
         path = save_adapter(adapter, files.new_lora_file_path(file_name), overwrite=overwrite,
-                            counter=bool(counter))
+                            counter=bool(counter), weights="float32" if keep_float32 else "float16")
         return {"ui": {"text": [str(path.relative_to(files.lora_root()))]}}
 
 

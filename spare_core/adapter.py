@@ -1,8 +1,11 @@
 """The erasure adapter: a kohya-format LoRA state dict plus metadata, and its safetensors file.
 
-Keys are lora_unet_<module_path>.lora_down.weight / .lora_up.weight / .alpha so any LoRA loader reads
-the file (ComfyUI's stock LoraLoader, 2024 and newer). Metadata lives in the safetensors header as
-strings; structured values are JSON.
+Keys are kohya's: lora_unet_<module>.lora_down.weight / .lora_up.weight / .alpha. The module part is named the
+way the other tools name it (``KeyNames``): for the UNet families (SD1.x, SD2.x, SDXL) the diffusers block names
+that kohya's sd-scripts writes (down_blocks_0_attentions_0_…), which ComfyUI's stock LoraLoader and diffusers'
+load_lora_weights both map; for the DiT families ComfyUI's own module paths (double_blocks_0_img_attn_qkv, …).
+Files written before key format 2 named UNet modules by ComfyUI's paths (input_blocks_1_1_…); they still load.
+Metadata lives in the safetensors header as strings; structured values are JSON.
 """
 
 from __future__ import annotations
@@ -26,12 +29,129 @@ from .prompts import ErasurePrompts
 
 FORMAT_NAME = "spare-erasure-lora"
 KOHYA_PREFIX = "lora_unet_"
-_KEY = re.compile(rf"^({KOHYA_PREFIX}[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_KEY = rf"^({KOHYA_PREFIX}[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$"
+
+
+# 1: every module named by its ComfyUI path. 2: UNet modules by their diffusers block names (see KeyNames).
+KEY_FORMAT_VERSION = 2
 
 
 def kohya_name(module_path: str) -> str:
-    """lora_unet_<path with dots as underscores>: the key stem every LoRA loader understands."""
+    """lora_unet_<path with dots as underscores>: a kohya key stem for a module path, as the path is spelled."""
     return KOHYA_PREFIX + module_path.replace(".", "_")
+
+
+# Inside a UNet's blocks, where ComfyUI's (the original LDM) layer names differ from diffusers'; attention blocks are
+# named alike in both. Norm layers are absent: no adapter goes on them (lora.adaptable_modules).
+_RESNET_LAYERS = {"in_layers.2": "conv1", "out_layers.3": "conv2", "emb_layers.1": "time_emb_proj",
+                  "skip_connection": "conv_shortcut"}
+# SDXL's size embedding keeps its original name: diffusers' kohya conversion reads label_emb_0_0 as add_embedding
+# .linear_1 but misreads add_embedding_linear_1 (diffusers 0.42), and ComfyUI reads both.
+_UNET_STEM_AND_HEAD = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+                       "label_emb.0.0": "label_emb.0.0", "label_emb.0.2": "label_emb.0.2",
+                       "input_blocks.0.0": "conv_in", "out.2": "conv_out"}
+_BLOCK = r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)\."
+
+
+def _unet_block_names(paths: set[str]) -> Optional[dict[str, str]]:
+    """ComfyUI UNet block prefix -> diffusers block prefix, read off the UNet's own layout: a level of down blocks
+    ends at a Downsample (`input_blocks.K.0.op`), a level of up blocks at an Upsample (`output_blocks.K.L.conv`),
+    and within a block layer 0 is the resnet and the next, when it is not the sampler, the attention. So any depth,
+    width or number of levels of the SD1.x / SD2.x / SDXL kind is named as diffusers' UNet2DConditionModel names
+    it. None when ``paths`` are not such a UNet, or when its levels hold different numbers of resnets: ComfyUI's
+    own map of diffusers names (comfy.utils.unet_to_diffusers) numbers blocks as if every level held the same
+    number, so for such a UNet (the SynthCanvas demo model) it would read those names onto the wrong modules."""
+    layers: dict[tuple[str, int], set[int]] = {}
+    for path in paths:
+        match = re.match(_BLOCK, path)
+        if match:
+            layers.setdefault((match.group(1), int(match.group(2))), set()).add(int(match.group(3)))
+    if not any(kind == "input_blocks" for kind, _ in layers) or "middle_block.0.in_layers.2" not in paths:
+        return None
+    names = {}
+    level = index = 0
+    resnets_per_level = []
+    for block in sorted(number for kind, number in layers if kind == "input_blocks" and number > 0):
+        if f"input_blocks.{block}.0.op" in paths:
+            names[f"input_blocks.{block}.0.op"] = f"down_blocks.{level}.downsamplers.0.conv"
+            resnets_per_level.append(index)
+            level, index = level + 1, 0
+            continue
+        names[f"input_blocks.{block}.0"] = f"down_blocks.{level}.resnets.{index}"
+        names[f"input_blocks.{block}.1"] = f"down_blocks.{level}.attentions.{index}"
+        index += 1
+    if len(set(resnets_per_level + [index])) > 1:
+        return None
+    level = index = 0
+    for block in sorted(number for kind, number in layers if kind == "output_blocks"):
+        names[f"output_blocks.{block}.0"] = f"up_blocks.{level}.resnets.{index}"
+        sampler = next((layer for layer in sorted(layers[("output_blocks", block)])
+                        if layer > 0 and f"output_blocks.{block}.{layer}.conv" in paths), None)
+        if sampler != 1:
+            names[f"output_blocks.{block}.1"] = f"up_blocks.{level}.attentions.{index}"
+        if sampler is None:
+            index += 1
+        else:
+            names[f"output_blocks.{block}.{sampler}.conv"] = f"up_blocks.{level}.upsamplers.0.conv"
+            level, index = level + 1, 0
+    resnets = attentions = 0
+    for layer in sorted({int(p.split(".")[1]) for p in paths if p.startswith("middle_block.")}):
+        if f"middle_block.{layer}.in_layers.2" in paths:
+            names[f"middle_block.{layer}"] = f"mid_block.resnets.{resnets}"
+            resnets += 1
+        else:
+            names[f"middle_block.{layer}"] = f"mid_block.attentions.{attentions}"
+            attentions += 1
+    return names
+
+
+def _diffusers_path(path: str, blocks: Mapping[str, str]) -> Optional[str]:
+    """One ComfyUI UNet module path in diffusers' spelling; None when the layout does not account for it."""
+    if path in _UNET_STEM_AND_HEAD:
+        return _UNET_STEM_AND_HEAD[path]
+    if path in blocks:  # the samplers' convs are named whole
+        return blocks[path]
+    parts = path.split(".")
+    block = ".".join(parts[:3]) if parts[0] != "middle_block" else ".".join(parts[:2])
+    if block not in blocks:
+        return None
+    inner = path[len(block) + 1:]
+    if ".resnets." in blocks[block]:
+        inner = _RESNET_LAYERS.get(inner)
+        if inner is None:
+            return None
+    return f"{blocks[block]}.{inner}"
+
+
+@dataclass(frozen=True)
+class KeyNames:
+    """The adapter file's key stem for each adaptable module of one model, and back: the one place where the
+    pack decides what its files call a module. ``naming`` is "diffusers" (UNet families: diffusers block names,
+    as kohya's sd-scripts writes them) or "comfyui" (ComfyUI's module paths: the DiT families, and any UNet
+    whose layout is not recognised)."""
+
+    stems: Mapping[str, str]  # module path -> key stem
+    naming: str
+
+    @staticmethod
+    def for_modules(module_paths) -> "KeyNames":
+        paths = set(module_paths)
+        blocks = _unet_block_names(paths)
+        if blocks is not None:
+            stems = {path: _diffusers_path(path, blocks) for path in paths}
+            if all(stems.values()):
+                return KeyNames({path: kohya_name(name) for path, name in stems.items()}, "diffusers")
+        return KeyNames({path: kohya_name(path) for path in paths}, "comfyui")
+
+    def stem(self, module_path: str) -> str:
+        return self.stems[module_path]
+
+    def module_paths(self, stems) -> dict[str, Optional[str]]:
+        """Each stem's module path: this naming's stems and those of files from before key format 2 (ComfyUI's
+        paths) alike; None for a stem that names no module of this model."""
+        by_stem = {stem: path for path, stem in self.stems.items()}
+        by_stem.update({kohya_name(path): path for path in self.stems})
+        return {stem: by_stem.get(stem) for stem in stems}
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +165,7 @@ class ErasureAdapter:
     def __post_init__(self):
         stems = {}
         for key in self.tensors:
-            match = _KEY.match(key)
+            match = re.match(_KEY, key)
             if match is None:
                 raise ValueError(f"adapter key {key!r} is not a kohya LoRA key (lora_unet_*.lora_down.weight / "
                                  f".lora_up.weight / .alpha)")
@@ -93,7 +213,7 @@ class ErasureAdapter:
 
 def build_metadata(**values) -> dict[str, str]:
     """Header metadata: every value JSON-encoded except plain strings; common kohya fields added."""
-    metadata = {"format": FORMAT_NAME, "spare_version": __version__}
+    metadata = {"format": FORMAT_NAME, "spare_version": __version__, "key_format": str(KEY_FORMAT_VERSION)}
     for key, value in values.items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
     if "rank" in values:
@@ -112,7 +232,8 @@ _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
                 "checks": "erasure_checks", "final_loss": "final_loss"}
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
 # Training settings added after headers recorded every setting: an older header without them trained at the default.
-_TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens")
+_TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens",
+                           "robust_retain_scale")
 GIVEN = "given"  # a stage's config key when its result came from a stage node, not from the training job
 
 
@@ -313,22 +434,31 @@ def numbered_path(path: os.PathLike, number: int) -> Path:
 def next_free_number(path: os.PathLike) -> int:
     """One above the highest counter that a file ``name_NNNNN_.suffix`` in the folder carries (1 when none)."""
     path = Path(path)
-    taken = re.compile(rf"^{re.escape(path.stem)}_(\d{{{COUNTER_DIGITS},}})_{re.escape(path.suffix)}$")
+    taken = rf"^{re.escape(path.stem)}_(\d{{{COUNTER_DIGITS},}})_{re.escape(path.suffix)}$"
     numbers = [int(m.group(1)) for p in (path.parent.iterdir() if path.parent.is_dir() else ())
-               if (m := taken.match(p.name))]
+               if (m := re.match(taken, p.name))]
     return max(numbers, default=0) + 1
 
 
-def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False, counter: bool = False) -> Path:
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def save_adapter(adapter: ErasureAdapter, path: os.PathLike, overwrite: bool = False, counter: bool = False,
+                 weights: str = "float32") -> Path:
     """Write atomically and return where. ``counter``: ``path`` plus the next free counter (name_00001_...),
-    never replacing a file; else exactly ``path``, refusing to replace a file unless ``overwrite``."""
+    never replacing a file; else exactly ``path``, refusing to replace a file unless ``overwrite``. ``weights``:
+    the dtype lora_down / lora_up are stored in ("float16" halves the file; alpha stays float32)."""
+    if weights not in WEIGHT_DTYPES:
+        raise ValueError(f"weights must be one of {sorted(WEIGHT_DTYPES)}, got {weights!r}")
+    dtype = WEIGHT_DTYPES[weights]
+    tensors = {key: tensor if key.endswith(".alpha") else tensor.to(dtype) for key, tensor in adapter.tensors.items()}
+    metadata = {**adapter.metadata, "weights_dtype": weights} if adapter.metadata else adapter.metadata
     if not counter:
-        return write_safetensors_atomically(adapter.tensors, path, adapter.metadata, replace=overwrite)
+        return write_safetensors_atomically(tensors, path, metadata, replace=overwrite)
     number = next_free_number(path)
     while True:
         try:
-            return write_safetensors_atomically(adapter.tensors, numbered_path(path, number), adapter.metadata,
-                                                replace=False)
+            return write_safetensors_atomically(tensors, numbered_path(path, number), metadata, replace=False)
         except FileExistsError:  # another save took this number meanwhile
             number += 1
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import kohya_name  # the file's key names live with the file format
+from .adapter import KeyNames  # the file's key names live with the file format
 
 
 def adaptable_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -114,6 +114,7 @@ class SparseLoRASet(nn.Module):
             raise ValueError(f"saliency selects modules this model does not have: {missing[:5]}")
         generator = torch.Generator().manual_seed(seed)
         self.paths = list(row_masks)
+        self.key_names = KeyNames.for_modules(modules)
         adapters = []
         for name in self.paths:
             try:
@@ -126,9 +127,9 @@ class SparseLoRASet(nn.Module):
     @staticmethod
     def from_kohya_state_dict(unet: nn.Module, state: Mapping[str, torch.Tensor]) -> "SparseLoRASet":
         """Rebuild trainable hooks from a saved adapter (e.g. to fine-tune it further or compare forwards)."""
-        paths = {kohya_name(path): path for path in adaptable_modules(unet)}
         stems = sorted({key.split(".")[0] for key in state})
-        unknown = [s for s in stems if s not in paths]
+        paths = KeyNames.for_modules(adaptable_modules(unet)).module_paths(stems)
+        unknown = [s for s in stems if paths[s] is None]
         if unknown:
             raise ValueError(f"{len(unknown)} of {len(stems)} adapter modules are not in this model "
                              f"(e.g. {unknown[0]})")
@@ -179,7 +180,7 @@ class SparseLoRASet(nn.Module):
         """lora_down / lora_up / alpha per module, float32 on CPU; masked rows of lora_up are exact zeros."""
         state = {}
         for path, adapter in self.items():
-            stem = kohya_name(path)
+            stem = self.key_names.stem(path)
             state[f"{stem}.lora_down.weight"] = adapter.down.detach().float().cpu().contiguous()
             state[f"{stem}.lora_up.weight"] = adapter.masked_up().detach().float().cpu().contiguous()
             state[f"{stem}.alpha"] = torch.tensor(adapter.alpha, dtype=torch.float32)

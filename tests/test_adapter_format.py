@@ -110,7 +110,7 @@ def _train_and_save(checkpoint: str, file_name: str) -> dict:
             "retain_prompts": "a photo of a dog", "rank": 2, "alpha": 1.0, "steps": 4, "learning_rate": 2e-3,
             "retain_weight": 1.5, "batch_size": 1, "overshoot": 0.5, "seed": 7, "timesteps": ["2", 0], **small}},
         "4": {"class_type": "SpareSaveAdapter", "inputs": {"adapter": ["3", 0], "file_name": file_name,
-                                                            "overwrite": True}},
+                                                            "overwrite": True, "keep_float32": True}},
     }
 
 

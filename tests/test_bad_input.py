@@ -102,7 +102,7 @@ def _tiny_adapter(model, metadata=None):
 
 
 @pytest.mark.compat
-def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_match(door, small_sd15, small_sdxl):
+def test_adapter_made_for_another_architecture_says_how_many_modules_do_not_match(door, small_sd15, small_sdxl):
     from spare_core.lora import SparseLoRASet
     unet = small_sd15.model.diffusion_model
     attention = [name for name, _ in unet.named_modules() if name.endswith("attn2.to_k")]
@@ -113,7 +113,9 @@ def test_adapter_made_for_another_architecture_says_how_many_modules_did_not_mat
         door.patches.apply_adapter(small_sdxl, adapter, 1.0)
     renamed = ErasureAdapter({k.replace("lora_unet_", "lora_unet_missing_"): v for k, v in adapter.tensors.items()},
                              {"base_model": "sd1"})
-    with pytest.raises(ValueError, match=rf"{len(attention)} of {len(attention)} modules did not match"):
+    with pytest.raises(ValueError, match=rf"{len(attention)} of {len(attention)} modules match neither the diffusers "
+                                         rf"block names nor ComfyUI's module names of this model .* made for sd1, "
+                                         rf"this model is sd1"):
         door.patches.apply_adapter(small_sd15, renamed, 1.0)
 
 

@@ -307,8 +307,8 @@ def test_a_flux_adapter_on_sdxl_is_refused_with_the_count_of_unmatched_modules(d
     result = trained[-1]
     adapter = ErasureAdapter(result.state_dict, {"base_model": "flux"})
     count = len(adapter.module_stems)
-    with pytest.raises(ValueError, match=rf"{count} of {count} modules did not match .* made for flux, this model "
-                                         rf"is SDXL"):
+    with pytest.raises(ValueError, match=rf"{count} of {count} modules match neither .* made for flux, this model "
+                                         rf"is sdxl"):
         dit_comfy.node("SpareApplyErasure").apply(small_sdxl, adapter, 1.0)
 
 

@@ -11,8 +11,9 @@ from conftest import assert_bit_identical, unet_snapshot
 
 from devkit.erasure import held_out_check, held_out_gap, random_prompts
 from spare_core import pipeline
-from spare_core.adapter import ErasureAdapter
+from spare_core.adapter import ErasureAdapter, KeyNames
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
+from spare_core.lora import adaptable_modules
 from spare_core.saliency import compute_saliency
 from spare_core.samples import generate_samples
 from spare_core.timesteps import select_timesteps
@@ -77,7 +78,8 @@ def test_loss_falls_and_adapter_is_sparse(door, small_sd15, erasure):
     _, _, _, saliency, result, _ = erasure
     assert sum(result.losses[-20:]) / 20 < 0.5 * result.losses[0]
     stems = {key.split(".")[0] for key in result.state_dict}
-    selected = {f"lora_unet_{name.replace('.', '_')}" for name in saliency.selected}
+    names = KeyNames.for_modules(adaptable_modules(small_sd15.model.diffusion_model))
+    selected = {names.stem(name) for name in saliency.selected}
     assert stems == selected
     assert len(selected) == round(0.5 * len(saliency.module_scores))
 
@@ -100,8 +102,9 @@ def test_row_masked_adapter_has_exact_zero_rows(door, small_sd15):
     all_modules = set(saliency.module_scores)
     present = {k.split(".")[0] for k in result.state_dict}
     assert len(present) == round(0.25 * len(all_modules))
+    names = KeyNames.for_modules(adaptable_modules(small_sd15.model.diffusion_model))
     for name in saliency.selected:
-        up = result.state_dict[f"lora_unet_{name.replace('.', '_')}.lora_up.weight"]
+        up = result.state_dict[f"{names.stem(name)}.lora_up.weight"]
         mask = saliency.row_masks[name]
         assert int(mask.sum()) == max(1, round(0.25 * mask.numel()))
         assert torch.count_nonzero(up[~mask]) == 0, name

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from devkit.erasure import predict, random_prompts
-from spare_core.adapter import ErasureAdapter, kohya_name, load_adapter, save_adapter
+from spare_core.adapter import ErasureAdapter, KeyNames, kohya_name, load_adapter, save_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.lora import SparseLoRASet, adaptable_modules
 from spare_core.saliency import compute_saliency
@@ -132,3 +132,37 @@ def test_remove_recognises_an_adapter_loaded_from_file(comfy, door, sd15, traine
     removed = comfy.node("SpareRemoveErasure").remove(via_stock, load_adapter(path))["result"][0]
     assert removed.patches == {} or all(len(v) == 0 for v in removed.patches.values())
     assert removed is not via_stock and via_stock.patches, "the incoming MODEL keeps its patches"
+
+
+def test_a_file_named_before_key_format_2_still_loads_applies_and_removes(comfy, door, sd15, trained):
+    """Adapters saved before the diffusers block names (key format 1: ComfyUI's module paths, e.g.
+    lora_unet_input_blocks_1_1_proj_in) still work everywhere the pack reads a file: the Load node, Apply,
+    Remove, rebuilding the training hooks, and the stock LoraLoader; and they compute what the new names do."""
+    model, clip, _ = sd15
+    prompts, forget, adapter = trained
+    names = KeyNames.for_modules(adaptable_modules(model.model.diffusion_model))
+    assert names.naming == "diffusers" and not any("input_blocks" in stem for stem in adapter.module_stems)
+    legacy_stem = {names.stem(path): kohya_name(path) for path in names.stems}
+    legacy = {f"{legacy_stem[key.split('.')[0]]}.{key.split('.', 1)[1]}": tensor
+              for key, tensor in adapter.tensors.items()}
+    assert any(key.startswith("lora_unet_input_blocks_") or key.startswith("lora_unet_middle_block_")
+               for key in legacy)
+    save_file(legacy, str(comfy.folder("loras") / "format1.safetensors"), {"base_model": "sd1"})
+    loaded = comfy.node("SpareLoadAdapter").load("format1.safetensors")["result"][0]
+    assert set(loaded.tensors) == set(legacy)
+
+    latents, noise, indices = probe(forget)
+    new_names = predict(door, comfy.node("SpareApplyErasure").apply(model, adapter, 1.0)["result"][0],
+                        latents, noise, indices, prompts.forget)
+    applied = comfy.node("SpareApplyErasure").apply(model, loaded, 1.0)["result"][0]
+    torch.testing.assert_close(predict(door, applied, latents, noise, indices, prompts.forget), new_names,
+                               atol=1e-5, rtol=0)
+    stock, _ = comfy.node("LoraLoader").load_lora(model, clip, "format1.safetensors", 1.0, 0.0)
+    torch.testing.assert_close(predict(door, stock, latents, noise, indices, prompts.forget), new_names,
+                               atol=1e-5, rtol=0)
+    removed = comfy.node("SpareRemoveErasure").remove(applied, loaded)["result"][0]
+    assert torch.equal(predict(door, removed, latents, noise, indices, prompts.forget),
+                       predict(door, model, latents, noise, indices, prompts.forget))
+    hooks = SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model, legacy)
+    assert sorted(hooks.paths) == sorted(SparseLoRASet.from_kohya_state_dict(model.model.diffusion_model,
+                                                                            adapter.tensors).paths)

@@ -11,6 +11,7 @@ import comfy.sd
 import torch
 
 from ..adapter import ErasureAdapter
+from . import models
 
 log = logging.getLogger("spare")
 
@@ -21,14 +22,14 @@ def _lora_key_map(model) -> dict[str, str]:
 
 def check_adapter_fits(model, adapter: ErasureAdapter) -> None:
     """Refuse an adapter whose modules this model lacks or whose shapes differ: a partial erasure is silent harm."""
-    key_map = _lora_key_map(model)
+    key_map = _lora_key_map(model)  # ComfyUI maps both namings the pack has written (adapter.KeyNames)
     stems = adapter.module_stems
     unmatched = [s for s in stems if s not in key_map]
     made_for = adapter.metadata.get("base_model", "an unknown model")
     if unmatched:
-        raise ValueError(f"adapter does not fit this model: {len(unmatched)} of {len(stems)} modules did not match "
-                         f"(e.g. {unmatched[0]}); it was made for {made_for}, this model is "
-                         f"{type(model.model).__name__}")
+        raise ValueError(f"adapter does not fit this model: {len(unmatched)} of {len(stems)} modules match neither "
+                         f"the diffusers block names nor ComfyUI's module names of this model (e.g. {unmatched[0]});"
+                         f" it was made for {made_for}, this model is {_family_of(model)}")
     for stem in stems:
         weight = model.model.get_submodule(key_map[stem][:-len(".weight")]).weight
         up = adapter.tensors[f"{stem}.lora_up.weight"]
@@ -36,6 +37,14 @@ def check_adapter_fits(model, adapter: ErasureAdapter) -> None:
         if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel():
             raise ValueError(f"adapter does not fit this model: {stem} is {up.shape[0]}x{down[0].numel()} but the "
                              f"model's weight is {tuple(weight.shape)}; it was made for {made_for}")
+
+
+def _family_of(model) -> str:
+    """The model's family as the adapter header names it ('sd1', 'sdxl', ...), or its class for other models."""
+    try:
+        return models.model_family(model)
+    except ValueError:
+        return f"a {type(model.model).__name__}"
 
 
 def apply_adapter(model, adapter: ErasureAdapter, strength: float):
@@ -58,11 +67,22 @@ def _tensors_in(patch) -> Iterator[torch.Tensor]:
         yield from _tensors_in(patch.weights)
 
 
+def _same_values(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal values, compared at the coarser of the two dtypes: a model patched with the float32 adapter that Train
+    gave is the same adapter as the float16 file Save wrote from it."""
+    tensor = tensor.cpu()
+    if tensor.dtype != reference.dtype:
+        coarse = min(tensor.dtype, reference.dtype, key=lambda dtype: torch.finfo(dtype).bits)
+        tensor, reference = tensor.to(coarse), reference.to(coarse)
+    return torch.equal(tensor, reference)
+
+
 def _is_adapter_patch(entry, up: torch.Tensor, down: torch.Tensor) -> bool:
     tensors = list(_tensors_in(entry))
 
     def holds(reference):
-        return any(t is reference or (t.shape == reference.shape and torch.equal(t.cpu(), reference)) for t in tensors)
+        return any(t is reference or (t.shape == reference.shape and t.is_floating_point()
+                                      and _same_values(t, reference)) for t in tensors)
     return holds(up) and holds(down)
 
 
