@@ -333,6 +333,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape), neighbours is not None)
     pending: list[_StepDraw] = []
     attack_generator = torch.Generator().manual_seed(seed + ROBUST_SEED_OFFSET)
+    retain_weight = config.retain_weight * (config.robust_retain_scale if config.robust else 1.0)
     attack_tokens: Optional[torch.Tensor] = None
     with adapters.attached(denoiser.unet), recomputed_in_backward(blocks, denoiser.blocks_modify_inputs):
         for step in range(config.steps):
@@ -355,7 +356,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
                 denoiser, x_t, sigma, [forget_batch.cond] + draw.kept)
             forget_loss = F.mse_loss(student_forget, target_forget)
             retain_loss = F.mse_loss(student_retain, target_retain)
-            loss = forget_loss + config.retain_weight * retain_loss
+            loss = forget_loss + retain_weight * retain_loss
             if target_neighbours:
                 loss = loss + config.adjacency_weight * F.mse_loss(student_neighbours[0], target_neighbours[0])
             if attack_tokens is not None:
