@@ -108,6 +108,7 @@ def main(argv=None) -> int:
         concepts = DEV_SETS[int(k)]
         steps, batch = RULES[rule](int(k))
         forget, retain = joint_lines(concepts, DEV_SURROGATES)
+        door.reuse.forget()  # each erasure draws its own samples, as it would alone
         started = time.perf_counter()
         trained = door.jobs.train_for_model(model, clip, ErasurePrompts.parse(forget, "", retain), samples,
                                            TrainConfig(steps=steps, batch_size=batch), seed=0)

@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         for concept in concepts:
             forget, surrogate, retain = unlearncanvas.user_phrases(concept)
             prompts = ErasurePrompts.parse(forget, surrogate, retain)
+            door.reuse.forget()  # each erasure draws its own samples, as it would alone
             started = time.perf_counter()
             trained = door.jobs.train_for_model(model, clip, prompts, samples, train, 0, saliency_config=saliency,
                                                timestep_config=timesteps)

@@ -155,7 +155,7 @@ def budgets_of(method: str):
 def robust_erasure(runtime, model, clip, concept: Concept, overrides: dict):
     """SPARE in robust mode with TrainConfig settings the Train node does not expose: the node's own job
     (jobs.train_for_model) on the inputs the node builds from its defaults, robust on, ``overrides`` over them."""
-    from spare_core.comfyui import jobs, models
+    from spare_core.comfyui import jobs, models, reuse
     from spare_core.config import SampleConfig, TrainConfig
     from spare_core.prompts import ErasurePrompts
     inputs = node_defaults(runtime.nodes.NODE_CLASS_MAPPINGS["SpareTrainAdapter"])
@@ -168,6 +168,7 @@ def robust_erasure(runtime, model, clip, concept: Concept, overrides: dict):
                 "batch_size": inputs["batch_size"], "erase_target": inputs["erase_target"] or None,
                 "overshoot": inputs["overshoot"], "robust": True}
     config = TrainConfig(**{**settings, **overrides})
+    reuse.forget()  # each erasure draws its own samples, as it would alone
     started = time.perf_counter()
     trained = jobs.train_for_model(model, clip, ErasurePrompts.parse(forget, surrogate, retain), samples, config,
                                    inputs["seed"])

@@ -296,6 +296,8 @@ class Eraser:
 
     def run(self, method: str, concept: Concept) -> Erased:
         action: Callable = getattr(self, f"_{method.replace('-', '_').replace('.', '_')}")
+        from spare_core.comfyui import reuse
+        reuse.forget()  # each erasure draws its own samples, as it would alone
         with PeakMemory() as memory:
             started = time.perf_counter()
             model, adapter_mb, adapter = action(concept)

@@ -233,7 +233,7 @@ _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
 # Training settings added after headers recorded every setting: an older header without them trained at the default.
 _TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens",
-                           "robust_retain_scale")
+                           "robust_retain_scale", "micro_batch", "capture_step")
 GIVEN = "given"  # a stage's config key when its result came from a stage node, not from the training job
 
 
@@ -302,6 +302,7 @@ class AdapterMetadata:
     neighbourhood: Optional[Neighbourhood] = None  # where prompts.neighbours came from (Concept Neighbourhood)
     figures: ErasureFigures = ErasureFigures()
     created: str = ""
+    memory_plan: Optional[Mapping[str, object]] = None  # what the memory planner chose and why (spare_core.memory)
 
     @property
     def not_reproducible_because(self) -> Optional[str]:
@@ -329,7 +330,8 @@ class AdapterMetadata:
             timestep_bin_edges=list(self.timestep_bin_edges), timestep_scores=list(self.timestep_scores),
             timestep_probabilities=list(self.timestep_probabilities),
             forget_samples="given latents" if self.forget_latents_given else "generated",
-            created=self.created, **self.figures.to_header(), **asdict(self.train))
+            created=self.created, **self.figures.to_header(), **asdict(self.train),
+            **({"memory_plan": dict(self.memory_plan)} if self.memory_plan else {}))
 
     @staticmethod
     def from_header(header: Mapping[str, str]) -> "AdapterMetadata":
@@ -495,6 +497,7 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "steps_done": figures.steps_done,
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,
+        "memory_plan": (value("memory_plan") or {}).get("reason") if isinstance(value("memory_plan"), dict) else None,
     }
 
 

@@ -140,6 +140,15 @@ class TrainConfig:
         "In robust mode retain_weight is multiplied by this: the attacked forget term pushes on directions the "
         "other concepts share, so the retain term needs more weight. 2.0 was chosen on a dev split "
         "(docs/robustness.md): at 1.0 mean IRA fell to 0.94, at 2.0 IRA and CRA stayed at 0.96.", default=2.0)
+    micro_batch: int = _help(
+        "Rows of each term per backward pass: with fewer than batch_size, each step runs the batch in parts and "
+        "adds up their gradients (the same step, less activation memory, more time). 0 = the whole batch; the "
+        "memory planner lowers it on a GPU when the step would not fit.", default=0)
+    capture_step: bool = _help(
+        "Compile the model's forward for training with torch.compile(mode='reduce-overhead') (CUDA graphs), for "
+        "GPUs where a training step is bound by the host launching kernels. CUDA only, and off by default: it has "
+        "not yet been checked on a GPU that it trains the same loss curve as eager mode. On a CPU training runs "
+        "eagerly and says so.", default=False)
     gradient_checkpointing: bool = _help(
         "Recompute each UNet block's activations during backward instead of keeping them: a fraction of the "
         "GPU memory for about 1.6x the time per step. Turn on when training runs out of memory (SDXL at 1024px).",
@@ -168,6 +177,10 @@ class TrainConfig:
                              f"got {self.erase_target!r}; e.g. 0.9, or turn the stop on the gap off")
         _check_positive_int("check_every", self.check_every)
         _check_positive_int("check_samples", self.check_samples)
+        if not isinstance(self.micro_batch, int) or isinstance(self.micro_batch, bool) or self.micro_batch < 0:
+            raise ValueError(f"micro_batch must be a whole number >= 0 (0 = the whole batch), got {self.micro_batch!r}")
+        if not isinstance(self.capture_step, bool):
+            raise ValueError(f"capture_step must be true or false, got {self.capture_step!r}")
         if not isinstance(self.robust, bool):
             raise ValueError(f"robust must be true or false, got {self.robust!r}")
         for name in ("robust_every", "robust_attack_steps", "robust_tokens"):

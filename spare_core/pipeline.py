@@ -83,13 +83,20 @@ def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, tr
           saliency: Optional[SaliencyMap] = None, timesteps: Optional[TimestepDistribution] = None,
           forget_latents: Optional[torch.Tensor] = None, saliency_config: SaliencyConfig = DEFAULT_SALIENCY,
           timestep_config: TimestepConfig = DEFAULT_TIMESTEPS, report: Callable = _no_report,
-          on_step: Optional[StepCallback] = None) -> Erasure:
+          on_step: Optional[StepCallback] = None, drawn_forget: Optional[ConceptSamples] = None) -> Erasure:
     """The whole method; ``saliency`` / ``timesteps`` given (from the stage nodes) replace their stages.
-    ``report`` is called once per sampler step, saliency draw and timestep bin; ``on_step`` once per training step
-    (the default calls ``report``)."""
+    ``drawn_forget``: the forget samples this very call would draw (same model, prompts, settings and seed), drawn
+    already by a stage node; used as they are. ``report`` is called once per sampler step, saliency draw and timestep
+    bin (also for the steps ``drawn_forget`` saves); ``on_step`` once per training step (the default calls
+    ``report``)."""
     seconds: dict[str, float] = {}
     with _timed(seconds, "samples", denoiser):
-        forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
+        if drawn_forget is None:
+            forget = forget_samples(denoiser, prompts, samples, seed, report, forget_latents)
+        else:
+            forget = drawn_forget
+            for _ in range(samples.steps):
+                report()
         retain = generate_samples(denoiser, prompts.retain, prompts.uncond, samples, seed + 1, report)
         neighbours = None if prompts.neighbours is None else generate_samples(
             denoiser, prompts.neighbours, prompts.uncond, samples, seed + 2, report)

@@ -17,6 +17,8 @@ stops at the earliest adapted layer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -33,6 +35,8 @@ from .lora import SparseLoRASet
 from .saliency import SaliencyMap
 from .samples import ConceptSamples
 from .timesteps import TimestepDistribution
+
+log = logging.getLogger("spare")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -280,6 +284,53 @@ def _inner_attack(denoiser: Denoiser, adapters: SparseLoRASet, timesteps: Timest
     return found.tokens.to(denoiser.device)
 
 
+def _student_loss(denoiser: Denoiser, draw: "_StepDraw", rows: Optional[torch.Tensor], retain_weight: float,
+                  adjacency_weight: float, attack_tokens: Optional[torch.Tensor]):
+    """The step's loss (and its forget and retain terms) on rows ``rows`` of each term (None: every row): the
+    student's predictions for the forget, retain and neighbour rows in one batched call, and the attacked prompt's
+    in robust mode."""
+    batch = len(draw.forget)
+    terms = 1 + len(draw.kept)
+    forget_cond, kept = draw.forget.cond, draw.kept
+    x_t, sigma, targets = draw.x_t, draw.sigma, draw.targets
+    if rows is not None:
+        index = torch.cat([rows + term * batch for term in range(terms)]).to(x_t.device)
+        x_t, sigma = x_t[index], sigma[index.to(sigma.device)]
+        forget_cond, kept = forget_cond.select(rows), [cond.select(rows) for cond in kept]
+        targets = tuple(target[rows.to(target.device)] for target in targets)
+    target_forget, target_retain, *target_neighbours = targets
+    student_forget, student_retain, *student_neighbours = _predict(denoiser, x_t, sigma, [forget_cond] + kept)
+    forget_loss = F.mse_loss(student_forget, target_forget)
+    retain_loss = F.mse_loss(student_retain, target_retain)
+    loss = forget_loss + retain_weight * retain_loss
+    if target_neighbours:
+        loss = loss + adjacency_weight * F.mse_loss(student_neighbours[0], target_neighbours[0])
+    if attack_tokens is not None:
+        # The attacked prompt joins the forget term: the same rows and target, the tokens appended.
+        count = len(student_forget)
+        (student_attacked,) = _predict(denoiser, x_t[:count], sigma[:count], [with_tokens(forget_cond, attack_tokens)])
+        loss = loss + F.mse_loss(student_attacked, target_forget)
+    return loss, forget_loss, retain_loss
+
+
+def _captured(denoiser: Denoiser) -> Denoiser:
+    """The denoiser with its forward compiled for CUDA graphs (config.capture_step); the same denoiser, with one log
+    line, where the device is not CUDA."""
+    if denoiser.device.type != "cuda":
+        log.info("SPARE: capture_step needs a CUDA device; training eagerly on %s", denoiser.device.type)
+        return denoiser
+    compiled = torch.compile(denoiser.predict_noise, mode="reduce-overhead", dynamic=False)
+    return dataclasses.replace(denoiser, predict_noise=compiled)
+
+
+def _finite(value: float, step: int, config: TrainConfig) -> float:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"training loss became {value} at step {step + 1} of {config.steps}; the model is unchanged. "
+            f"Try a lower learning_rate (now {config.learning_rate}) or a lower alpha (now {config.alpha}).")
+    return value
+
+
 @torch.no_grad()
 def _teacher_targets(denoiser: Denoiser, draws: list[_StepDraw], overshoot: float) -> None:
     """The frozen model's targets for several steps in one batched pass (call with the adapter off).
@@ -316,6 +367,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     if config.gradient_checkpointing and not denoiser.blocks:
         raise ValueError(f"gradient_checkpointing is not available for this {denoiser.family} model: its UNet "
                          f"blocks are unknown to SPARE; turn it off")
+    denoiser = _captured(denoiser) if config.capture_step else denoiser
     generator = torch.Generator().manual_seed(seed)
     check = _check_batch(denoiser, timesteps, forget, surrogate, retain, config.check_samples, seed)
     teacher = _teacher_check(denoiser, check)
@@ -328,6 +380,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
     optimizer = torch.optim.AdamW(adapters.parameters(), lr=config.learning_rate, weight_decay=0.0,
                                   fused=denoiser.device.type in ("cuda", "cpu"))
     batch = config.batch_size
+    micro_batch = config.micro_batch or batch
     losses, forget_losses, retain_losses = [], [], []
     blocks = denoiser.blocks if config.gradient_checkpointing else ()
     per_pass = teacher_steps_per_pass(config, denoiser, tuple(forget.latents.shape), neighbours is not None)
@@ -350,28 +403,26 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
                 with adapters.disabled():
                     _teacher_targets(denoiser, pending, config.overshoot)
             draw = pending.pop(0)
-            forget_batch, x_t, sigma = draw.forget, draw.x_t, draw.sigma
-            target_forget, target_retain, *target_neighbours = draw.targets
-            student_forget, student_retain, *student_neighbours = _predict(
-                denoiser, x_t, sigma, [forget_batch.cond] + draw.kept)
-            forget_loss = F.mse_loss(student_forget, target_forget)
-            retain_loss = F.mse_loss(student_retain, target_retain)
-            loss = forget_loss + retain_weight * retain_loss
-            if target_neighbours:
-                loss = loss + config.adjacency_weight * F.mse_loss(student_neighbours[0], target_neighbours[0])
-            if attack_tokens is not None:
-                # The attacked prompt joins the forget term: the same rows and target, the tokens appended.
-                rows = len(forget_batch)
-                (student_attacked,) = _predict(denoiser, x_t[:rows], sigma[:rows],
-                                               [with_tokens(forget_batch.cond, attack_tokens)])
-                loss = loss + F.mse_loss(student_attacked, target_forget)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"training loss became {value} at step {step + 1} of {config.steps}; the model is unchanged. "
-                    f"Try a lower learning_rate (now {config.learning_rate}) or a lower alpha (now {config.alpha}).")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if micro_batch >= batch:
+                loss, forget_loss, retain_loss = _student_loss(denoiser, draw, None, retain_weight,
+                                                               config.adjacency_weight, attack_tokens)
+                value = _finite(float(loss.detach()), step, config)
+                loss.backward()
+            else:
+                # Gradient accumulation: the same rows in parts of micro_batch, each part's mean weighed by its
+                # share of the batch, so the summed gradient is the whole batch's (up to float rounding).
+                value, forget_loss, retain_loss = 0.0, 0.0, 0.0
+                for start in range(0, batch, micro_batch):
+                    rows = torch.arange(start, min(start + micro_batch, batch))
+                    share = len(rows) / batch
+                    part, part_forget, part_retain = _student_loss(denoiser, draw, rows, retain_weight,
+                                                                   config.adjacency_weight, attack_tokens)
+                    (part * share).backward()
+                    value += _finite(float(part.detach()), step, config) * share
+                    forget_loss += float(part_forget.detach()) * share
+                    retain_loss += float(part_retain.detach()) * share
+                forget_loss, retain_loss = torch.tensor(forget_loss), torch.tensor(retain_loss)
             optimizer.step()
             losses.append(value)
             forget_losses.append(float(forget_loss.detach()))

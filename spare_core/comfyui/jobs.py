@@ -7,6 +7,7 @@ is ComfyUI's part: encoding, the session, progress, the adapter's metadata and t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .. import attacks, charts, neighbours, pipeline
+from .. import attacks, charts, memory, neighbours, pipeline
 from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
@@ -23,14 +24,16 @@ from ..saliency import SaliencyMap, block_of, compute_saliency
 from ..samples import generate_samples
 from ..timesteps import TimestepDistribution, select_timesteps
 from ..trainer import TrainResult
-from . import models, patches, progress, session
+from . import models, patches, progress, reuse, session
 
 log = logging.getLogger("spare")
 
 
 def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> EncodedPrompts:
-    def encode(texts, name):
-        return models.encode_prompts(model, clip, list(texts), samples.width, samples.height, name)
+    def encode(texts, name):  # once per graph run for the same texts (comfyui.reuse)
+        return reuse.computed_once(
+            "prompt encodings", (model, clip), (tuple(texts), samples.width, samples.height),
+            lambda: models.encode_prompts(model, clip, list(texts), samples.width, samples.height, name))
     return EncodedPrompts(
         forget=encode(prompts.forget, "forget_prompts"),
         surrogate=encode(prompts.surrogates, "surrogate_prompt"),
@@ -40,13 +43,37 @@ def _encode(model, clip, prompts: ErasurePrompts, samples: SampleConfig) -> Enco
     )
 
 
+def _forget_samples_key(prompts: ErasurePrompts, samples: SampleConfig, seed: int) -> tuple:
+    return tuple(prompts.forget), samples, seed
+
+
+def _drawn_forget(model, clip, prompts: ErasurePrompts, samples: SampleConfig, seed: int):
+    """The forget samples an earlier node of this graph drew with these inputs, or None."""
+    return reuse.lookup("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed))
+
+
+def _forget_samples(denoiser, model, clip, prompts: ErasurePrompts, encoded: EncodedPrompts, samples: SampleConfig,
+                    seed: int, report, forget_latents: Optional[torch.Tensor] = None):
+    """pipeline.forget_samples, drawn once per graph run for the same inputs (the user's own latents are not kept)."""
+    if forget_latents is not None:
+        return pipeline.forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
+    drawn = _drawn_forget(model, clip, prompts, samples, seed)
+    if drawn is not None:
+        for _ in range(samples.steps):
+            report()
+        return drawn
+    drawn = pipeline.forget_samples(denoiser, encoded, samples, seed, report)
+    reuse.store("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed), drawn)
+    return drawn
+
+
 def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: SaliencyConfig,
                        seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(pipeline.generation_steps(samples, False, forget_latents is not None)
                                    + config.draws)
     with session.denoiser_session(model) as denoiser:
-        forget = pipeline.forget_samples(denoiser, encoded, samples, seed, report, forget_latents)
+        forget = _forget_samples(denoiser, model, clip, prompts, encoded, samples, seed, report, forget_latents)
         result = compute_saliency(denoiser, forget, encoded.retain, config, seed, report)
     return result, saliency_chart(result)
 
@@ -56,7 +83,7 @@ def timesteps_for_model(model, clip, prompts: ErasurePrompts, samples: SampleCon
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(samples.steps + config.bins)
     with session.denoiser_session(model) as denoiser:
-        forget = pipeline.forget_samples(denoiser, encoded, samples, seed, report)
+        forget = _forget_samples(denoiser, model, clip, prompts, encoded, samples, seed, report)
         result = select_timesteps(denoiser, forget, encoded.surrogate, config, seed, report)
     return result, timestep_chart(result)
 
@@ -86,9 +113,15 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     report = progress.StepReporter(pipeline.erase_steps(samples, config, saliency_config, timestep_config,
                                                         forget_latents is not None, saliency_given, timesteps_given,
                                                         bool(prompts.neighbours)))
+    drawn = None if forget_latents is not None else _drawn_forget(model, clip, prompts, samples, seed)
     with session.denoiser_session(model) as denoiser:
+        plan = _memory_plan(denoiser, encoded, samples, config)
+        config = _planned(config, plan)
         erasure = pipeline.erase(denoiser, encoded, samples, config, seed, saliency, timesteps, forget_latents,
-                                 saliency_config, timestep_config, report, report.training(config.steps, node_id))
+                                 saliency_config, timestep_config, report, report.training(config.steps, node_id),
+                                 drawn_forget=drawn)
+    if forget_latents is None and drawn is None:
+        reuse.store("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed), erasure.forget)
     result, saliency, timesteps = erasure.result, erasure.saliency, erasure.timesteps
     check = result.final_check
     metadata = AdapterMetadata(
@@ -103,12 +136,49 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
                                retain_drift=check.retain_drift, concept_gap=check.concept_gap,
                                checks=tuple((c.step, c.gap_closed, c.retain_drift) for c in result.checks),
                                final_loss=result.losses[-1]),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")).to_header()
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        memory_plan=plan.to_header()).to_header()
     adapter = ErasureAdapter(result.state_dict, metadata)
     title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
              f" · {result.steps_done} steps")
     return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
                           charts.line_chart(list(result.losses), title), result, erasure.seconds)
+
+
+def _memory_plan(denoiser, encoded: EncodedPrompts, samples: SampleConfig, config: TrainConfig) -> memory.MemoryPlan:
+    """The training stage's memory plan (spare_core.memory) on this device. On a GPU it projects the step's peak
+    from one small forward of the model; anything that fails in planning leaves the settings as given (logged)."""
+    as_given = memory.plan_training(None, 0, 0, 1, config.batch_size, config.gradient_checkpointing,
+                                    bool(denoiser.blocks), config.micro_batch)
+    if denoiser.device.type != "cuda":
+        return as_given
+    try:
+        free = models.free_device_memory(denoiser.device)
+        side_h, side_w = samples.height // 8, samples.width // 8  # the latents samples.generate_samples draws
+        probe = torch.zeros(1, denoiser.latent_channels, max(8, side_h // 4), max(8, side_w // 4),
+                            device=denoiser.device, dtype=denoiser.dtype)
+        cond = encoded.forget.select(torch.zeros(1, dtype=torch.long)).to(denoiser.device, denoiser.dtype)
+        sigma = denoiser.sigmas[len(denoiser.sigmas) // 2:len(denoiser.sigmas) // 2 + 1].to(denoiser.device)
+        per_row = memory.activation_bytes_per_row(denoiser.unet, lambda x: denoiser.predict_noise(x, sigma, cond),
+                                                  probe, side_h * side_w)
+        terms = 2 + (encoded.neighbours is not None) + config.robust
+        # The weights are on the device already (the session loaded them): free memory has paid for them.
+        plan = memory.plan_training(free, 0, per_row, terms, config.batch_size, config.gradient_checkpointing,
+                                    bool(denoiser.blocks), config.micro_batch)
+    except Exception as error:  # planning must never stop an erasure that would have run
+        log.warning("SPARE: the memory planner could not project this step (%s); training with the settings as "
+                    "given", error)
+        return as_given
+    log.info("SPARE memory plan: %s", plan.reason)
+    return plan
+
+
+def _planned(config: TrainConfig, plan: memory.MemoryPlan) -> TrainConfig:
+    """``config`` with the plan's choices; the very same config when the plan keeps the settings as given."""
+    micro_batch = 0 if plan.micro_batch >= config.batch_size else plan.micro_batch
+    if (plan.gradient_checkpointing, micro_batch) == (config.gradient_checkpointing, config.micro_batch):
+        return config
+    return dataclasses.replace(config, gradient_checkpointing=plan.gradient_checkpointing, micro_batch=micro_batch)
 
 
 def retrain_from_header(model, clip, metadata: AdapterMetadata) -> TrainedErasure:

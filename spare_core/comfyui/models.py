@@ -82,6 +82,14 @@ def text_widths(model) -> tuple[Optional[int], Optional[int]]:
     return model.model.model_config.unet_config.get("context_dim"), 1280 if family == "sdxl" else None
 
 
+def free_device_memory(device: torch.device) -> Optional[int]:
+    """Bytes free on ``device`` as ComfyUI counts them (the driver's free memory plus what torch holds unused);
+    None on a CPU, where the planner sets no limit."""
+    if device.type == "cpu":
+        return None
+    return int(comfy.model_management.get_free_memory(device, torch_free_too=False))
+
+
 def native_resolution(model) -> int:
     """The image side the model was trained at: SD1.x 512, SD2.x 768 (v-prediction) or 512, SDXL and the DiT
     families (Flux, SD3, Lumina 2 / Z-Image) 1024, and 64 for the SD1-layout models narrower than SD1.5 that the

@@ -36,7 +36,8 @@ def check_adapter_fits(model, adapter: ErasureAdapter) -> None:
         down = adapter.tensors[f"{stem}.lora_down.weight"]
         if up.shape[0] != weight.shape[0] or down[0].numel() != weight[0].numel():
             raise ValueError(f"adapter does not fit this model: {stem} is {up.shape[0]}x{down[0].numel()} but the "
-                             f"model's weight is {tuple(weight.shape)}; it was made for {made_for}")
+                             f"model's weight is {tuple(weight.shape)}; it was made for {made_for}, this model is "
+                             f"{_family_of(model)}")
 
 
 def _family_of(model) -> str:
