@@ -414,7 +414,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SpareComputeSaliency": "Compute Saliency Mask",
     "SpareTimestepSelector": "Timestep Selector",
     "SpareConceptNeighbourhood": "Concept Neighbourhood",
-    "SpareTrainAdapter": "Train SPARE Adapter",
+    "SpareTrainAdapter": "Erase Concept (Train SPARE Adapter)",
     "SpareApplyErasure": "Apply Erasure LoRA",
     "SpareRemoveErasure": "Remove Erasure LoRA",
     "SpareSaveAdapter": "Save Erasure Adapter",

@@ -281,6 +281,12 @@ def test_queue_style_erasure_and_watch_it_train(comfy, server, page, compact_sd1
     # The held-out erasure check reached the node (every 25 steps, and with the finished adapter).
     assert isinstance(progress.get("gapClosed"), (int, float)) and progress["gapClosed"] <= 1, progress
     assert saved.exists()
+    # Save Erasure Adapter shows the file it wrote, the name the server sent.
+    save_id = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareSaveAdapter').id")
+    page.wait_for_function(f"() => app.graph.getNodeById({save_id}).spareInfo")
+    assert page.evaluate(f"() => app.graph.getNodeById({save_id}).spareInfo") == [f"saved: models/loras/{saved.name}"]
+    page.evaluate(LAYOUT_JS, save_id)
+    page.screenshot(path=str(SCREENSHOTS / "save_shows_its_file.png"))
     # After training: the whole curve, drawn across the panel, nothing covering it.
     curve = _assert_loss_curve_visible(page, train_id, 60, "loss_panel_after_training")
     columns = np.flatnonzero(curve.any(axis=0))
@@ -431,3 +437,33 @@ def test_demo_model_reaches_load_checkpoint_with_one_command(server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert entry["outputs"]["7"]["images"], entry["outputs"]
     installed.unlink()
+
+
+SEARCH_OPTIONS_JS = "() => [...document.querySelectorAll('[role=dialog] [role=option]')].map(e => e.textContent)"
+
+
+def test_node_search_finds_the_erasure_node_first(page):
+    """On the newest front end, typing what a user means ("erase", "remove concept", "unlearn") in the node search
+    lists Train first: its display name starts with "Erase Concept" and web/spare.js gives it search aliases."""
+    if not os.environ.get("SPARE_FRONT_END_VERSION"):
+        pytest.skip("the node search checked here is the newest front end's")
+    saved = page.evaluate("() => app.graph.serialize()")
+    page.evaluate("() => app.graph.clear()")
+    try:
+        for words in ("erase", "remove concept", "unlearn"):
+            page.mouse.dblclick(900, 500)  # an empty canvas: the node search opens
+            page.wait_for_selector("[role=dialog] input[role=combobox]")
+            page.wait_for_function(f"() => ({SEARCH_OPTIONS_JS})().length > 0")
+            unfiltered = page.evaluate(SEARCH_OPTIONS_JS)[0]
+            page.keyboard.type(words)
+            changed = f"(first) => {{ const o = ({SEARCH_OPTIONS_JS})(); return o.length && o[0] !== first; }}"
+            page.wait_for_function(changed, arg=unfiltered)
+            page.evaluate(PAINTED_JS)
+            first = page.evaluate(SEARCH_OPTIONS_JS)[0]
+            if words == "erase":
+                page.screenshot(path=str(SCREENSHOTS / "node_search_erase.png"))
+            assert first.startswith("Erase Concept (Train SPARE Adapter)"), (words, first)
+            page.keyboard.press("Escape")
+            page.wait_for_function("() => !document.querySelector('[role=dialog] input[role=combobox]')")
+    finally:
+        page.evaluate("(graph) => app.loadGraphData(graph)", saved)

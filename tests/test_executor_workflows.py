@@ -35,7 +35,7 @@ def test_the_pack_registers_every_node_with_tooltips(comfy):
         for section in (inputs["required"], inputs.get("optional", {})):  # what a user sees; "hidden" is ComfyUI's
             for name, spec in section.items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-    assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["SpareTrainAdapter"] == "Train SPARE Adapter"
+    assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["SpareTrainAdapter"] == "Erase Concept (Train SPARE Adapter)"
 
 
 def test_inputs_say_what_the_core_does(comfy, door):
@@ -142,3 +142,20 @@ def test_compact_sd1_checkpoint_loads_through_the_stock_loader(comfy, compact_sd
     assert model.model.diffusion_model.input_blocks[0][0].weight.shape[0] == 64
     run = comfy.run_prompt(workflows.erase_and_generate(compact_sd1_checkpoint, "compact_erasure", train_steps=2))
     assert run.success, run.error
+
+
+def test_each_stage_draws_a_terminal_bar_as_comfyui_s_samplers_do(door, capsys, monkeypatch):
+    """While ComfyUI's progress bars are on (its default), a stage's steps also show in the terminal, titled; with
+    them off (the batch runner, which draws its own bars per node) nothing is printed."""
+    import comfy.utils
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_ENABLED", True)
+    report = door.progress.StepReporter(3, "SPARE train")
+    for _ in range(3):
+        report()
+    shown = capsys.readouterr().err
+    assert "SPARE train" in shown and "/3" in shown, shown
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_ENABLED", False)
+    quiet = door.progress.StepReporter(3, "SPARE train")
+    for _ in range(3):
+        quiet()
+    assert "SPARE train" not in capsys.readouterr().err

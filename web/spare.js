@@ -4,6 +4,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const TRAIN_NODE = "SpareTrainAdapter";
+const SAVE_NODE = "SpareSaveAdapter";
 const ADAPTER_NODES = new Set(["SpareTrainAdapter", "SpareApplyErasure", "SpareRemoveErasure", "SpareLoadAdapter"]);
 const PANEL_HEIGHT = 86;
 const PANEL_MIN_WIDTH = 240;
@@ -172,6 +173,46 @@ app.registerExtension({
     if (!ADAPTER_NODES.has(nodeData.name) || nodeData.name === TRAIN_NODE) return;
     chain(nodeType.prototype, "onExecuted", function (message) {
       this.spareInfo = adapterSummary(message?.spare_adapter?.[0]);
+      growFor(this, "spareInfoRoom");
+      this.setDirtyCanvas(true, true);
+    });
+    chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+      if (this.spareInfo && !this.flags?.collapsed) drawLines(ctx, this, this.spareInfo, this.size[1] - PANEL_HEIGHT);
+    });
+  },
+});
+
+// Words a user types to find the nodes: the front end's node search (1.x) matches search_aliases beside the id and
+// the display name. ComfyUI 0.3.75 does not send aliases for nodes like these, so they are added here, before the
+// front end indexes the definitions. The 2024 front end's search has no aliases; there the display names count.
+const SEARCH_ALIASES = {
+  SpareTrainAdapter: ["erase", "erase concept", "erasure", "concept erasure", "remove concept", "unlearn",
+    "unlearning", "SPARE", "SPARE erase"],
+  SpareComputeSaliency: ["erasure saliency", "SPARE saliency"],
+  SpareTimestepSelector: ["erasure timesteps", "SPARE timesteps"],
+  SpareErasureReport: ["erasure robustness", "prompt attack", "SPARE report"],
+};
+
+app.registerExtension({
+  name: "spare.searchAliases",
+  addCustomNodeDefs(defs) {
+    for (const [name, aliases] of Object.entries(SEARCH_ALIASES)) {
+      if (!defs[name]) continue;
+      defs[name].search_aliases = [...new Set([...(defs[name].search_aliases || []), ...aliases])];
+    }
+  },
+});
+
+app.registerExtension({
+  // Save Erasure Adapter shows the file it wrote (the name the server returns), so the user need not look in the
+  // terminal or the folder to find the numbered file.
+  name: "spare.savedFile",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== SAVE_NODE) return;
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      const file = message?.text?.[0];
+      if (!file) return;
+      this.spareInfo = [`saved: models/loras/${file}`];
       growFor(this, "spareInfoRoom");
       this.setDirtyCanvas(true, true);
     });

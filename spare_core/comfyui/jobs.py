@@ -71,7 +71,7 @@ def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConf
                        seed: int, forget_latents: Optional[torch.Tensor] = None) -> tuple[SaliencyMap, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(pipeline.generation_steps(samples, False, forget_latents is not None)
-                                   + config.draws)
+                                   + config.draws, "SPARE saliency")
     with session.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, model, clip, prompts, encoded, samples, seed, report, forget_latents)
         result = compute_saliency(denoiser, forget, encoded.retain, config, seed, report)
@@ -81,7 +81,7 @@ def saliency_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConf
 def timesteps_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig, config: TimestepConfig,
                         seed: int) -> tuple[TimestepDistribution, torch.Tensor]:
     encoded = _encode(model, clip, prompts, samples)
-    report = progress.StepReporter(samples.steps + config.bins)
+    report = progress.StepReporter(samples.steps + config.bins, "SPARE timesteps")
     with session.denoiser_session(model) as denoiser:
         forget = _forget_samples(denoiser, model, clip, prompts, encoded, samples, seed, report)
         result = select_timesteps(denoiser, forget, encoded.surrogate, config, seed, report)
@@ -112,7 +112,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
     encoded = _encode(model, clip, prompts, samples)
     report = progress.StepReporter(pipeline.erase_steps(samples, config, saliency_config, timestep_config,
                                                         forget_latents is not None, saliency_given, timesteps_given,
-                                                        bool(prompts.neighbours)))
+                                                        bool(prompts.neighbours)), "SPARE train")
     drawn = None if forget_latents is not None else _drawn_forget(model, clip, prompts, samples, seed)
     with session.denoiser_session(model) as denoiser:
         plan = _memory_plan(denoiser, encoded, samples, config)
@@ -216,7 +216,7 @@ def neighbourhood_for_model(model, clip, concept: str, candidates: list[str], co
     else:
         shortlist = sorted(range(len(candidates)), key=lambda i: (by_text[i], i))[:neighbours.MODEL_SHORTLIST]
         rows = candidate_cond.select(torch.tensor(shortlist))
-        report = progress.StepReporter(samples.steps + neighbours.MODEL_DRAWS)
+        report = progress.StepReporter(samples.steps + neighbours.MODEL_DRAWS, "SPARE neighbourhood")
         with session.denoiser_session(model) as denoiser:
             own = generate_samples(denoiser, concept_cond, encode([""], "the empty prompt"), samples, seed, report)
             by_model = neighbours.model_distances(denoiser, own, rows, seed, on_draw=report)
@@ -261,7 +261,7 @@ def attack_erasure(base_model, model, clip, forget: list[str], slot: str, banned
     cond, uncond = encode(forget, "the forget prompts"), encode([""], "the empty prompt")
     vocabulary = vocabulary or models.tokenizer_words(clip) or attacks.words_of(
         neighbours.read_vocabulary("general") + neighbours.read_vocabulary("synthcanvas"))
-    report = progress.StepReporter(samples.steps + 3)
+    report = progress.StepReporter(samples.steps + 3, "SPARE report")
     with session.denoiser_session(base_model) as denoiser:
         own = generate_samples(denoiser, cond, uncond, samples, seed, report)
         draws = attacks.attack_draws(denoiser, own, soft_budget.draws, seed)

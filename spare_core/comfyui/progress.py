@@ -15,14 +15,22 @@ def _prompt_server():
 
 
 class StepReporter:
-    """Advance ComfyUI's progress bar and honour the Cancel button once per step."""
+    """Advance ComfyUI's progress bar and honour the Cancel button once per step; and, like ComfyUI's samplers, a
+    terminal bar (``title``) while ComfyUI's progress bars are enabled, so the terminal is not silent while a
+    stage runs for minutes."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, title: str = "SPARE"):
+        from tqdm import tqdm
         self.bar = comfy.utils.ProgressBar(total)
+        self.terminal = tqdm(total=total, desc=title, unit="step", leave=False,
+                             disable=not comfy.utils.PROGRESS_BAR_ENABLED)
 
     def __call__(self, *_step_info) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.bar.update(1)
+        self.terminal.update(1)
+        if self.terminal.n >= self.terminal.total:
+            self.terminal.close()
 
     def training(self, total_steps: int, node_id=None):
         """A per-step callback for the training loop that also pushes (step, loss) to the browser, where the
@@ -56,6 +64,8 @@ def terminal_progress_bars(prompt: dict, position: int = 0) -> None:
         from comfy_execution.utils import get_executing_context
     except ImportError:
         get_executing_context = None
+    # These bars show every node's progress, the samplers' included: ComfyUI's own terminal bars would repeat them.
+    comfy.utils.set_progress_bar_enabled(False)
     titles = {node_id: node.get("_meta", {}).get("title", node["class_type"]) for node_id, node in prompt.items()}
     bars = {}
 
