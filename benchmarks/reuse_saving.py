@@ -30,32 +30,21 @@ def run_variant(reuse: bool, adapter_out: Path) -> dict:
     runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-reuse-")))
     from synthcanvas import demo_model
     demo_model.build_checkpoint(runtime.folder("checkpoints") / demo_model.CHECKPOINT_NAME)
-    counts = {"encode_calls": 0, "forget_sample_draws": 0}
-    # The pack as ComfyUI imported it: the package its node classes live in (named after its folder's path).
-    pack = runtime.nodes.NODE_CLASS_MAPPINGS["SpareTrainAdapter"].__module__.removesuffix(".nodes.erasure_nodes")
-    models, pipeline = sys.modules[f"{pack}.spare_core.comfyui.models"], sys.modules[f"{pack}.spare_core.pipeline"]
+    from devkit.pack_calls import counted_encodes_and_draws, pack_module
     if not reuse:
-        sys.modules[f"{pack}.spare_core.comfyui.reuse"].lookup = lambda *args, **kwargs: None
-    real_encode, real_draw = models.encode_prompts, pipeline.forget_samples
-
-    def encode(*args, **kwargs):
-        counts["encode_calls"] += 1
-        return real_encode(*args, **kwargs)
-
-    def draw(*args, **kwargs):
-        counts["forget_sample_draws"] += 1
-        return real_draw(*args, **kwargs)
-    models.encode_prompts, pipeline.forget_samples = encode, draw
+        pack_module(runtime.nodes.NODE_CLASS_MAPPINGS, "spare_core.comfyui.reuse").lookup = lambda *a, **k: None
     prompt = json.loads(EXAMPLE.read_text())
-    started = time.perf_counter()
-    run = runtime.run_prompt(prompt)
-    seconds = time.perf_counter() - started
+    with counted_encodes_and_draws(runtime.nodes.NODE_CLASS_MAPPINGS) as counts:
+        started = time.perf_counter()
+        run = runtime.run_prompt(prompt)
+        seconds = time.perf_counter() - started
     if not run.success:
         raise RuntimeError(f"the example failed: {run.error}")
     from safetensors.torch import save_file
     adapter = run.outputs["6"][0][0]
     save_file(dict(adapter.tensors), str(adapter_out))
-    return {"reuse": reuse, "seconds": round(seconds, 1), **counts}
+    return {"reuse": reuse, "seconds": round(seconds, 1), "encode_calls": counts["encode"],
+            "forget_sample_draws": counts["draw"]}
 
 
 def main(argv=None) -> int:

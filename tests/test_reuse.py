@@ -3,10 +3,10 @@ the prompts and draw the concept's samples once between them, and train the adap
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
+
+from devkit.pack_calls import counted_encodes_and_draws
 
 # Crosses the ComfyUI door where versions differ: the executor, its node-output cache, and MODEL / CLIP objects.
 pytestmark = pytest.mark.compat
@@ -42,27 +42,12 @@ def _graph(checkpoint: str, with_stage_nodes: bool, seed: int, lora: str = "") -
 
 
 @pytest.fixture
-def calls(comfy, monkeypatch):
-    """Counts, in the pack as ComfyUI loaded it, how often the prompts are encoded and the concept's samples drawn
-    (the real functions run; the counters only listen)."""
+def calls(comfy):
+    """How often the pack, as ComfyUI loaded it, encodes prompts and draws the concept's samples during a test."""
     from spare_core.comfyui import reuse
     reuse.forget()
-    counted = {"encode": 0, "draw": 0}
-    # The pack as ComfyUI imported it: the package its node classes live in (named after its folder's path).
-    pack = comfy.nodes.NODE_CLASS_MAPPINGS["SpareTrainAdapter"].__module__.removesuffix(".nodes.erasure_nodes")
-    models, pipeline = sys.modules[f"{pack}.spare_core.comfyui.models"], sys.modules[f"{pack}.spare_core.pipeline"]
-    real_encode, real_draw = models.encode_prompts, pipeline.forget_samples
-
-    def encode(*args, **kwargs):
-        counted["encode"] += 1
-        return real_encode(*args, **kwargs)
-
-    def draw(*args, **kwargs):
-        counted["draw"] += 1
-        return real_draw(*args, **kwargs)
-    monkeypatch.setattr(models, "encode_prompts", encode)
-    monkeypatch.setattr(pipeline, "forget_samples", draw)
-    yield counted
+    with counted_encodes_and_draws(comfy.nodes.NODE_CLASS_MAPPINGS) as counted:
+        yield counted
     reuse.forget()
 
 
