@@ -497,8 +497,13 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "steps_done": figures.steps_done,
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,
-        "memory_plan": (value("memory_plan") or {}).get("reason") if isinstance(value("memory_plan"), dict) else None,
+        "memory_plan": _plan_reason(value("memory_plan")),
     }
+
+
+def _plan_reason(plan) -> Optional[str]:
+    """What the memory planner chose and why, from the header's record (None for files without one)."""
+    return plan.get("reason") if isinstance(plan, dict) else None
 
 
 def _neighbours_shown(recorded: Optional[str]) -> list[str]:

@@ -47,6 +47,11 @@ class SampleConfig:
             if not isinstance(value, int) or value < 8 or value % 8:
                 raise ValueError(f"{name} must be a positive multiple of 8 pixels, got {value!r}")
 
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(height, width) of the sample latents: the VAEs of every supported family downscale by 8."""
+        return self.height // 8, self.width // 8
+
 
 @dataclass(frozen=True)
 class SaliencyConfig:

@@ -62,7 +62,7 @@ def generate_samples(denoiser: Denoiser, prompts: Conditioning, uncond: Conditio
     repeat = torch.arange(len(prompts)).repeat_interleave(config.samples_per_prompt)
     cond = prompts.select(repeat)
     count = len(cond)
-    shape = (count, denoiser.latent_channels, config.height // 8, config.width // 8)
+    shape = (count, denoiser.latent_channels, *config.latent_size)
     sigmas = sampling_sigmas(denoiser, config.steps)
     x = draw_noise(shape, generator, denoiser.device) * sigmas[0]
     uncond_rows = uncond.select(torch.zeros(count, dtype=torch.long))

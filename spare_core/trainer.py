@@ -404,29 +404,24 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
                     _teacher_targets(denoiser, pending, config.overshoot)
             draw = pending.pop(0)
             optimizer.zero_grad(set_to_none=True)
-            if micro_batch >= batch:
-                loss, forget_loss, retain_loss = _student_loss(denoiser, draw, None, retain_weight,
+            # Gradient accumulation when micro_batch < batch: the same rows in parts, each part's mean weighed by its
+            # share of the batch, so the summed gradient is the whole batch's (up to float rounding). The whole
+            # batch is one part of share 1.0 (x * 1.0 == x exactly, so that path trains bit for bit as before).
+            parts = [(None, 1.0)] if micro_batch >= batch else [
+                (torch.arange(start, min(start + micro_batch, batch)), min(micro_batch, batch - start) / batch)
+                for start in range(0, batch, micro_batch)]
+            value = forget_value = retain_value = 0.0
+            for rows, share in parts:
+                part, part_forget, part_retain = _student_loss(denoiser, draw, rows, retain_weight,
                                                                config.adjacency_weight, attack_tokens)
-                value = _finite(float(loss.detach()), step, config)
-                loss.backward()
-            else:
-                # Gradient accumulation: the same rows in parts of micro_batch, each part's mean weighed by its
-                # share of the batch, so the summed gradient is the whole batch's (up to float rounding).
-                value, forget_loss, retain_loss = 0.0, 0.0, 0.0
-                for start in range(0, batch, micro_batch):
-                    rows = torch.arange(start, min(start + micro_batch, batch))
-                    share = len(rows) / batch
-                    part, part_forget, part_retain = _student_loss(denoiser, draw, rows, retain_weight,
-                                                                   config.adjacency_weight, attack_tokens)
-                    (part * share).backward()
-                    value += _finite(float(part.detach()), step, config) * share
-                    forget_loss += float(part_forget.detach()) * share
-                    retain_loss += float(part_retain.detach()) * share
-                forget_loss, retain_loss = torch.tensor(forget_loss), torch.tensor(retain_loss)
+                value += _finite(float(part.detach()), step, config) * share
+                forget_value += float(part_forget.detach()) * share
+                retain_value += float(part_retain.detach()) * share
+                (part * share).backward()
             optimizer.step()
             losses.append(value)
-            forget_losses.append(float(forget_loss.detach()))
-            retain_losses.append(float(retain_loss.detach()))
+            forget_losses.append(forget_value)
+            retain_losses.append(retain_value)
             done = step + 1
             if done % config.check_every == 0 or done == config.steps:
                 checks.append(_student_check(denoiser, check, teacher, done, config.overshoot))

@@ -52,6 +52,10 @@ def _drawn_forget(model, clip, prompts: ErasurePrompts, samples: SampleConfig, s
     return reuse.lookup("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed))
 
 
+def _keep_forget(model, clip, prompts: ErasurePrompts, samples: SampleConfig, seed: int, drawn) -> None:
+    reuse.store("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed), drawn)
+
+
 def _forget_samples(denoiser, model, clip, prompts: ErasurePrompts, encoded: EncodedPrompts, samples: SampleConfig,
                     seed: int, report, forget_latents: Optional[torch.Tensor] = None):
     """pipeline.forget_samples, drawn once per graph run for the same inputs (the user's own latents are not kept)."""
@@ -63,7 +67,7 @@ def _forget_samples(denoiser, model, clip, prompts: ErasurePrompts, encoded: Enc
             report()
         return drawn
     drawn = pipeline.forget_samples(denoiser, encoded, samples, seed, report)
-    reuse.store("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed), drawn)
+    _keep_forget(model, clip, prompts, samples, seed, drawn)
     return drawn
 
 
@@ -121,7 +125,7 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
                                  saliency_config, timestep_config, report, report.training(config.steps, node_id),
                                  drawn_forget=drawn)
     if forget_latents is None and drawn is None:
-        reuse.store("concept samples", (model, clip), _forget_samples_key(prompts, samples, seed), erasure.forget)
+        _keep_forget(model, clip, prompts, samples, seed, erasure.forget)
     result, saliency, timesteps = erasure.result, erasure.saliency, erasure.timesteps
     check = result.final_check
     metadata = AdapterMetadata(
@@ -154,7 +158,7 @@ def _memory_plan(denoiser, encoded: EncodedPrompts, samples: SampleConfig, confi
         return as_given
     try:
         free = models.free_device_memory(denoiser.device)
-        side_h, side_w = samples.height // 8, samples.width // 8  # the latents samples.generate_samples draws
+        side_h, side_w = samples.latent_size
         probe = torch.zeros(1, denoiser.latent_channels, max(8, side_h // 4), max(8, side_w // 4),
                             device=denoiser.device, dtype=denoiser.dtype)
         cond = encoded.forget.select(torch.zeros(1, dtype=torch.long)).to(denoiser.device, denoiser.dtype)

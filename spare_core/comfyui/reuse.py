@@ -37,15 +37,9 @@ def _identity(thing) -> tuple:
 
 
 def _alive(identities: tuple, objects: tuple) -> bool:
-    for (ref, patches), thing in zip(identities, objects, strict=True):
-        if ref is None:
-            if thing is not None:
-                return False
-            continue
-        current = _identity(thing)
-        if ref() is not thing or patches != current[1]:
-            return False
-    return True
+    """The stored objects are these very objects, alive and with the same patches."""
+    return all(ref() is thing and patches == _identity(thing)[1] if ref is not None else thing is None
+               for (ref, patches), thing in zip(identities, objects, strict=True))
 
 
 def _key(kind: str, objects: tuple, settings: Hashable) -> tuple:
@@ -64,8 +58,9 @@ def lookup(kind: str, objects: tuple, settings: Hashable):
 
 
 def store(kind: str, objects: tuple, settings: Hashable, value) -> None:
-    _entries[_key(kind, objects, settings)] = (tuple(_identity(thing) for thing in objects), value)
-    _entries.move_to_end(_key(kind, objects, settings))
+    key = _key(kind, objects, settings)
+    _entries[key] = (tuple(_identity(thing) for thing in objects), value)
+    _entries.move_to_end(key)
     while len(_entries) > _MAX_ENTRIES:
         _entries.popitem(last=False)
 
