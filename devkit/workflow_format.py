@@ -25,12 +25,24 @@ def _depth(api: dict, node_id: str, memo: dict) -> int:
     return memo[node_id]
 
 
+# Room under the widgets of a node that shows images after a run (Save Image, Preview Image): both front ends grow
+# such a node to about 220 px below its widgets for its images, so it is laid out at that size from the start and
+# never grows into the node below it.
+IMAGE_ROOM = 240
+
+
+def _shows_images(node_class) -> bool:
+    return bool(getattr(node_class, "OUTPUT_NODE", False)) and any(spec[0] == "IMAGE"
+                                                                   for _, spec in _inputs(node_class))
+
+
 def _height(node_class, inputs: list, widget_count: int) -> int:
-    """Roughly what the editor computes: a row per slot and widget, more for multiline text boxes."""
+    """Roughly what the editor computes: a row per slot and widget, more for multiline text boxes, and the room
+    an image-showing node takes once it shows its images."""
     multiline = sum(1 for _, spec in _inputs(node_class)
                     if spec[0] == "STRING" and len(spec) > 1 and spec[1].get("multiline"))
     slots = max(len(inputs), len(node_class.RETURN_TYPES))
-    return 40 + 22 * slots + 24 * widget_count + 70 * multiline
+    return 40 + 22 * slots + 24 * widget_count + 70 * multiline + (IMAGE_ROOM if _shows_images(node_class) else 0)
 
 
 def api_to_ui(api: dict, node_classes: dict) -> dict:

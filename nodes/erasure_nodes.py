@@ -82,7 +82,8 @@ class SpareComputeSaliency:
     RETURN_TYPES = (SALIENCY, "IMAGE")
     RETURN_NAMES = ("saliency", "chart")
     OUTPUT_TOOLTIPS = ("Which modules receive an adapter; connect to Train SPARE Adapter.",
-                       "Mean saliency per UNet block; orange blocks hold kept modules.")
+                       "Mean saliency per block on a log scale; with a share of modules kept, orange blocks hold "
+                       "kept modules and each bar says how many.")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -195,10 +195,13 @@ def test_example_workflow_erases_neon(comfy, neon_erased):
     assert (objects_after == star).sum() >= 2, objects_after.tolist()
 
 
-# Largest pixel difference (images in [0, 1]) allowed between the stock loader's images from the float16 and the
-# float32 file of one adapter. Measured 2026-12-06 on the example's adapter, ComfyUI 0.3.75, CPU: max 0.0003, mean
-# 0.000006 (files of 1.21 and 0.63 MB); the bound leaves room for other samplers' kernels (about 1/255).
-FLOAT16_PIXEL_TOLERANCE = 0.004
+# Pixel differences (images in [0, 1]) allowed between the stock loader's images from the float16 and the float32
+# file of one adapter: float16 rounding must stay invisible. Measured on ComfyUI 0.3.75, CPU, files of 1.21 and
+# 0.63 MB: the example's adapter while the example wired a Compute Saliency Mask node, max 0.0003, mean 0.000006;
+# its adapter since Train computes the saliency itself (a different adapter), max 0.0080 (two 8-bit levels in one
+# pixel), mean 0.000045. The mean bound catches a drift across the image, the max bound a visible spot.
+FLOAT16_MEAN_TOLERANCE = 0.0005  # an eighth of one 8-bit level
+FLOAT16_MAX_TOLERANCE = 0.02  # five 8-bit levels
 
 
 def test_the_float16_file_draws_what_the_float32_file_draws(comfy, neon_erased, synthcanvas_checkpoint):
@@ -228,7 +231,7 @@ def test_the_float16_file_draws_what_the_float32_file_draws(comfy, neon_erased, 
     assert run.success, run.error
     from_full, from_half = run.outputs["12"][0][0], run.outputs["22"][0][0]
     difference = (from_full - from_half).abs()
-    assert difference.max() <= FLOAT16_PIXEL_TOLERANCE, (
+    assert difference.mean() <= FLOAT16_MEAN_TOLERANCE and difference.max() <= FLOAT16_MAX_TOLERANCE, (
         f"float16 vs float32 file ({full.stat().st_size} / {half.stat().st_size} bytes): pixel difference max "
         f"{difference.max():.4f}, mean {difference.mean():.6f}")
 

@@ -222,6 +222,117 @@ app.registerExtension({
   },
 });
 
+// Each prompt box of the SPARE nodes carries a visible label and its tooltip. Front ends show a multiline box's
+// name only as a placeholder, which disappears once the box holds text, and show no tooltip while the pointer is
+// over a text box (the box, not the canvas, receives the pointer). The label is drawn on the canvas in a transparent
+// strip at the top of the box: both front ends place a box 10 px inside its widget's slot (widget.margin on current
+// ones), so the strip lies over the canvas where the node draws the label.
+const BOX_LABELS = {
+  forget_prompts: "forget: the concept to erase",
+  forget_prompt: "forget: the concept to erase",
+  surrogate_prompt: "surrogate: what the concept turns into",
+  retain_prompts: "retain: concepts to keep unchanged",
+  candidates: "candidates: your own concepts to rank",
+};
+const LABEL_STRIP = 16;
+const TOOLTIP_DELAY_MS = 500;
+
+function promptBoxes(nodeData) {
+  // name -> tooltip of every multiline text input the node declares.
+  const inputs = { ...(nodeData.input?.required ?? {}), ...(nodeData.input?.optional ?? {}) };
+  return Object.fromEntries(Object.entries(inputs)
+    .filter(([, spec]) => spec?.[0] === "STRING" && spec[1]?.multiline)
+    .map(([name, spec]) => [name, spec[1].tooltip ?? ""]));
+}
+
+function boxElement(widget) {
+  return widget.element ?? widget.inputEl;  // current front ends / the 2024 one
+}
+
+function boxShown(node, widget) {
+  // A box fed by a link is hidden, converted (the 2024 front end) or replaced by the link, and needs no label.
+  const element = boxElement(widget);
+  if (!element || element.hidden || element.style.display === "none" || widget.hidden) return false;
+  if (String(widget.type).startsWith("converted-widget") || widget.computedHeight <= 0) return false;
+  return !node.inputs?.some((input) => input.widget?.name === widget.name && input.link != null);
+}
+
+let tooltipElement = null;
+let tooltipTimer = null;
+
+function hideBoxTooltip() {
+  clearTimeout(tooltipTimer);
+  if (tooltipElement) tooltipElement.style.display = "none";
+}
+
+function showBoxTooltip(element, text) {
+  if (!tooltipElement) {
+    tooltipElement = document.createElement("div");
+    tooltipElement.className = "spare-box-tooltip";
+    Object.assign(tooltipElement.style, {
+      position: "fixed", zIndex: 10001, maxWidth: "380px", padding: "6px 8px", borderRadius: "4px",
+      background: "#1f1f1f", color: "#ddd", border: "1px solid #555", font: "12px sans-serif",
+      lineHeight: "1.35", pointerEvents: "none", display: "none",
+    });
+    document.body.appendChild(tooltipElement);
+  }
+  tooltipElement.textContent = text;
+  tooltipElement.style.display = "block";
+  const box = element.getBoundingClientRect();
+  const below = box.bottom + 6 + tooltipElement.offsetHeight < window.innerHeight;
+  tooltipElement.style.left = `${Math.max(4, box.left)}px`;
+  tooltipElement.style.top = `${below ? box.bottom + 6 : Math.max(4, box.top - tooltipElement.offsetHeight - 6)}px`;
+}
+
+function labelBox(widget, label, tooltip) {
+  const element = boxElement(widget);
+  if (!element || element.spareLabelled) return;
+  element.spareLabelled = true;
+  Object.assign(element.style, { borderTop: `${LABEL_STRIP}px solid transparent`, backgroundClip: "padding-box",
+    boxSizing: "border-box" });
+  element.setAttribute("aria-label", `${label}. ${tooltip}`);
+  if (!tooltip) return;
+  element.addEventListener("mouseenter", () => {
+    clearTimeout(tooltipTimer);
+    tooltipTimer = setTimeout(() => showBoxTooltip(element, tooltip), TOOLTIP_DELAY_MS);
+  });
+  for (const event of ["mouseleave", "keydown", "wheel", "pointerdown"]) element.addEventListener(event, hideBoxTooltip);
+}
+
+function drawBoxLabels(ctx, node) {
+  ctx.save();
+  ctx.fillStyle = "#aaa";
+  ctx.font = "11px sans-serif";
+  for (const widget of node.widgets ?? []) {
+    const label = node.spareBoxLabels?.[widget.name];
+    if (!label || !boxShown(node, widget)) continue;
+    const margin = widget.margin ?? 10;
+    ctx.fillText(label, margin + 4, widget.y + margin + LABEL_STRIP - 4);
+  }
+  ctx.restore();
+}
+
+app.registerExtension({
+  name: "spare.promptBoxLabels",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData.name.startsWith("Spare")) return;
+    const boxes = promptBoxes(nodeData);
+    if (!Object.keys(boxes).length) return;
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      this.spareBoxLabels = {};
+      for (const widget of this.widgets ?? []) {
+        if (!(widget.name in boxes)) continue;
+        const label = BOX_LABELS[widget.name] ?? widget.name.replaceAll("_", " ");
+        this.spareBoxLabels[widget.name] = label;
+        labelBox(widget, label, boxes[widget.name]);
+      }
+    });
+    chain(nodeType.prototype, "onDrawForeground", function (ctx) {
+      if (!this.flags?.collapsed) drawBoxLabels(ctx, this);
+    });
+  },
+});
+
 async function fillLibrary(list, stacked = false) {
   // Rows of the erasure adapters in models/loras: file name, then each summary line apart; stacked (one cell,
   // the name above its lines) for the narrow sidebar.

@@ -344,13 +344,24 @@ def report_for_model(model, clip, adapter: ErasureAdapter, preset: str, seed: in
 
 
 def saliency_chart(result: SaliencyMap) -> torch.Tensor:
+    """Mean saliency per block on a log scale: a model's first and last convolutions carry gradients hundreds of
+    times larger than its attention blocks, which a linear scale would draw as nothing. With a share of modules
+    kept, orange blocks hold kept modules and each bar says how many of its modules are kept."""
     blocks = result.block_scores()
-    selected_blocks = {block_of(name) for name in result.selected}
     names = list(blocks)
-    return charts.bar_chart([blocks[n] for n in names], [_short_block(n) for n in names],
-                            f"saliency per block ({len(result.selected)} modules kept, "
-                            f"orange = holds kept modules)",
-                            [n in selected_blocks for n in names])
+    total = {name: 0 for name in names}
+    kept = {name: 0 for name in names}
+    for module in result.module_scores:
+        total[block_of(module)] += 1
+    for module in result.selected:
+        kept[block_of(module)] += 1
+    every_module = len(result.selected) == len(result.module_scores)
+    title = ("saliency per block, log scale: every module kept (module fraction 1.0)" if every_module else
+             f"saliency per block, log scale: {len(result.selected)} of {len(result.module_scores)} modules kept "
+             f"(orange; kept / all above each bar)")
+    return charts.bar_chart([blocks[n] for n in names], [_short_block(n) for n in names], title,
+                            [] if every_module else [kept[n] > 0 for n in names], log_scale=True,
+                            notes=[] if every_module else [f"{kept[n]}/{total[n]}" for n in names])
 
 
 def _short_block(name: str) -> str:
