@@ -14,10 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import browser_server
 import numpy as np
 import pytest
 
+from devkit import browser_server
 from devkit.workflow_format import api_to_ui
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,19 +131,7 @@ def test_examples_load_with_our_widgets_and_tooltips(page, server, example):
             assert node["widgets"][-1] == "spare_loss_curve", node["widgets"]
         assert all(spec[1].get("tooltip") for spec in inputs.values()), f"{node['type']} input without tooltip"
     page.screenshot(path=str(SCREENSHOTS / f"example_{Path(example).stem}.png"))
-    # At full scale from the graph's top-left corner: the view that example_workflows/<name>.jpg (the template's
-    # thumbnail in the template browser) was cut from.
-    page.evaluate("""() => {
-        const nodes = app.graph._nodes, canvas = app.canvas;
-        const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1]));
-        canvas.ds.scale = 1;
-        canvas.ds.offset = [-left + 20, -top + 60];
-        canvas.setDirty(true, true);
-        canvas.draw(true, true);
-    }""")
-    box = page.evaluate("() => { const r = app.canvas.canvas.getBoundingClientRect(); return [r.left, r.top]; }")
-    page.screenshot(path=str(SCREENSHOTS / f"template_{Path(example).stem}.png"),
-                    clip={"x": box[0], "y": box[1], "width": 1280, "height": 720})
+    # The thumbnail is made by scripts/make_thumbnails.py (tests/test_thumbnails.py checks it is current).
     thumbnail = REPO / "example_workflows" / f"{Path(example).stem}.jpg"
     assert thumbnail.is_file(), f"{example} has no thumbnail for the template browser"
     try:
