@@ -229,7 +229,8 @@ def build_metadata(**values) -> dict[str, str]:
 # of the sample, saliency and timestep stages (added later) are JSON objects under *_config keys.
 _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
                 "retain_drift": "erasure_retain_drift", "concept_gap": "erasure_concept_gap",
-                "checks": "erasure_checks", "final_loss": "final_loss"}
+                "nearer_surrogate": "erasure_nearer_surrogate", "checks": "erasure_checks",
+                "final_loss": "final_loss"}
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
 # Training settings added after headers recorded every setting: an older header without them trained at the default.
 _TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens",
@@ -258,6 +259,7 @@ class ErasureFigures:
     gap_closed: Optional[float] = None
     retain_drift: Optional[float] = None
     concept_gap: Optional[float] = None
+    nearer_surrogate: Optional[float] = None  # share of held-out draws nearer the surrogate (absent in older files)
     checks: tuple[tuple[int, float, float], ...] = ()
     final_loss: Optional[float] = None
 
@@ -497,6 +499,7 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "steps_done": figures.steps_done,
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,
+        "nearer_surrogate": figures.nearer_surrogate,
         "memory_plan": _plan_reason(value("memory_plan")),
     }
 

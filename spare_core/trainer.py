@@ -51,6 +51,9 @@ class ErasureCheck:
                    (0 before training; 1 = the concept prompt predicts exactly its target),
     retain_drift = rms(ε_S(x_t, c_r) − ε_T(x_t, c_r)) / rms(ε_T(x_t, c_f) − ε_T(x_t, c_s))
                    (how far retained prompts moved, as a share of the concept's own gap; 0 before training),
+    nearer_surrogate = share of the held-out draws on which the erased model's prediction for the concept is
+                   nearer the surrogate's prediction than the concept's own (unerased) one (0 before training;
+                   with overshoot 1 a draw crosses once a quarter of its way to the target is closed),
     with t uniform over the model's schedule, rms over every sample and latent element, and each residual weighed
     by its σ (so the figures compare denoised images, x0 = x_t − σ·ε, not noise predictions)."""
 
@@ -58,6 +61,7 @@ class ErasureCheck:
     retain_drift: float
     step: int
     concept_gap: float = 0.0  # rms(σ·(ε_T(x_t, c_f) − ε_T(x_t, c_s))) itself: how much the concept changes the picture
+    nearer_surrogate: Optional[float] = None
 
     @staticmethod
     def measure(step: int, concept: torch.Tensor, surrogate: torch.Tensor, student_forget: torch.Tensor,
@@ -78,7 +82,13 @@ class ErasureCheck:
         gap = float((weight_f * (concept - surrogate)).pow(2).mean().sqrt()) or torch.finfo(torch.float32).tiny
         remaining = float((weight_f * (student_forget - target)).pow(2).mean().sqrt())
         drift = float((weight_r * (student_retain - retain)).pow(2).mean().sqrt())
-        return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap)
+        # Per draw, a yes or no a user can read ("the concept now comes out as the surrogate on 15 of 16 draws"):
+        # σ scales a draw's two distances alike, so it is left out of the comparison.
+        to_surrogate = (student_forget - surrogate).flatten(1).pow(2).sum(1)
+        to_concept = (student_forget - concept).flatten(1).pow(2).sum(1)
+        nearer = float((to_surrogate < to_concept).float().mean())
+        return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap,
+                            round(nearer, 4))
 
 
 @dataclass(frozen=True)

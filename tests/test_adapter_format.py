@@ -22,7 +22,7 @@ def _metadata(prompts: ErasurePrompts, **changes) -> AdapterMetadata:
         timestep_probabilities=(0.1 / 2.4333333333333336, (1 / 3) / 2.4333333333333336, 2.0 / 2.4333333333333336),
         modules=12, module_fraction=0.3, row_fraction=1.0,
         figures=ErasureFigures(steps_done=7, gap_closed=0.93, retain_drift=0.012, concept_gap=0.1234567891,
-                               checks=((5, 0.5, 0.01), (7, 0.93, 0.012)), final_loss=0.03),
+                               nearer_surrogate=0.9375, checks=((5, 0.5, 0.01), (7, 0.93, 0.012)), final_loss=0.03),
         created="2026-12-06T03:00:00+00:00")
     values.update(changes)
     return AdapterMetadata(**values)
@@ -90,6 +90,10 @@ def test_any_lora_header_gives_figures_and_a_description():
     figures = ErasureFigures.from_header(header)
     assert (figures.steps_done, figures.gap_closed, figures.checks[-1]) == (7, 0.93, (7, 0.93, 0.012))
     assert describe(header)["gap_closed"] == 0.93 and describe(header)["is_spare"]
+    assert figures.nearer_surrogate == describe(header)["nearer_surrogate"] == 0.9375
+    # A file written before the per-draw figure existed describes it as absent.
+    older = {key: value for key, value in header.items() if key != "erasure_nearer_surrogate"}
+    assert describe(older)["nearer_surrogate"] is None and describe(older)["gap_closed"] == 0.93
     foreign = {"ss_network_dim": "16", "erasure_checks": "7", "steps_done": "many"}
     assert ErasureFigures.from_header(foreign).checks == () and ErasureFigures.from_header(foreign).gap_closed is None
     assert describe(foreign)["rank"] == 16 and not describe(foreign)["is_spare"]

@@ -327,7 +327,8 @@ def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, compact_sd1_c
     info = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareLoadAdapter').spareInfo")
     assert info[0] == "erases: Van Gogh style"  # the concept phrase, not its 24 expanded prompts
     assert info[1] == "→ a painting"
-    assert info[2].startswith("erasure check: ") and "% of the concept gap closed, retain drift" in info[2], info
+    assert info[2].startswith("erasure check: ") and info[2].endswith("% of held-out draws nearer the surrogate"), info
+    assert "% of the concept gap closed, retain drift" in info[3] and all(len(line) <= 70 for line in info), info
     page.screenshot(path=str(SCREENSHOTS / "adapter_details.png"))
 
 
@@ -395,6 +396,17 @@ def test_summary_copes_with_missing_or_malformed_metadata(page):
     assert lines[1] == ["LoRA without SPARE metadata"]
     assert lines[2][0] == "erases: not a list"
 
+
+
+def test_the_erasure_check_reads_as_draws_nearer_the_surrogate_and_older_files_still_show(page):
+    lines = page.evaluate("""async () => {
+        const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
+        const older = {forget_prompts: ['a cat'], gap_closed: 0.82, retain_drift: 0.09};
+        return [adapterSummary({...older, nearer_surrogate: 0.9375}), adapterSummary(older)];
+    }""")
+    assert lines[0][2:4] == ["erasure check: 94 % of held-out draws nearer the surrogate",
+                             "  82 % of the concept gap closed, retain drift 0.090"], lines[0]
+    assert lines[1][2] == "erasure check: 82 % of the concept gap closed, retain drift 0.090", lines[1]
 
 def test_each_surrogate_line_is_shown_apart(page):
     lines = page.evaluate("""async () => {

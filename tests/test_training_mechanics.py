@@ -14,7 +14,7 @@ from spare_core.lora import SparseLoRASet
 from spare_core.saliency import every_module
 from spare_core.samples import ConceptSamples
 from spare_core.timesteps import select_timesteps
-from spare_core.trainer import train_adapter
+from spare_core.trainer import ErasureCheck, train_adapter
 
 BRANCHES = 8
 SHARED = BRANCHES  # the gate slot of the module every prompt uses
@@ -221,3 +221,17 @@ def test_capture_step_on_a_cpu_trains_eagerly_and_says_so(toy, caplog):
     assert all(torch.equal(eager.state_dict[k], captured.state_dict[k]) for k in eager.state_dict)
     lines = [r.getMessage() for r in caplog.records if "capture_step" in r.getMessage()]
     assert lines == ["SPARE: capture_step needs a CUDA device; training eagerly on cpu"]
+
+
+def test_nearer_surrogate_is_the_share_of_draws_that_crossed_to_the_surrogate():
+    """The per-draw figure: a draw counts once the erased prediction for the concept lies nearer the surrogate's
+    prediction than the concept's own, whatever its sigma."""
+    concept, surrogate = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
+    retain = torch.zeros(2, 1, 2, 2)
+    student = torch.full((4, 1, 2, 2), 0.6)
+    student[3] = 0.4  # three draws past the midpoint, one short of it
+    sigmas = torch.tensor([0.1, 1.0, 10.0, 1.0])
+    check = ErasureCheck.measure(1, concept, surrogate, student, retain, retain, sigmas, torch.ones(2), overshoot=1.0)
+    assert check.nearer_surrogate == 0.75
+    unchanged = ErasureCheck.measure(0, concept, surrogate, concept.clone(), retain, retain, sigmas, torch.ones(2))
+    assert unchanged.nearer_surrogate == 0.0 and unchanged.gap_closed == 0.0

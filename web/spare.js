@@ -41,7 +41,15 @@ export function adapterSummary(info) {
   }
   if (typeof info.gap_closed === "number") {
     const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
-    lines.push(`erasure check: ${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`);
+    const gap = `${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`;
+    // Files trained before the per-draw figure existed have only the gap closed. Two lines: the node draws 70
+    // characters a line.
+    if (typeof info.nearer_surrogate === "number") {
+      lines.push(`erasure check: ${Math.round(info.nearer_surrogate * 100)} % of held-out draws nearer the surrogate`);
+      lines.push(`  ${gap}`);
+    } else {
+      lines.push(`erasure check: ${gap}`);
+    }
   }
   const facts = [];
   if (info.rank != null) facts.push(`rank ${info.rank}`);
@@ -97,8 +105,10 @@ function drawLossCurve(ctx, progress, left, top, width) {
   let text = "loss curve: shown here while the adapter trains";
   if (progress) {
     const last = losses[losses.length - 1];
+    const nearer = progress.nearerSurrogate == null ? ""
+      : `   nearer surrogate ${Math.round(progress.nearerSurrogate * 100)} %`;
     const gap = progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
-    text = `step ${progress.step} / ${progress.total}   loss ${last?.toExponential(3) ?? "-"}${gap}`;
+    text = `step ${progress.step} / ${progress.total}   loss ${last?.toExponential(2) ?? "-"}${nearer}${gap}`;
   }
   ctx.fillText(text, left, top + height + 18);
   ctx.restore();
@@ -145,6 +155,7 @@ app.registerExtension({
       node.spareProgress.losses.push(Number(detail.loss));
       // The held-out erasure check arrives every few steps: share of the way from the concept to its target closed.
       if (typeof detail.gap_closed === "number") node.spareProgress.gapClosed = detail.gap_closed;
+      if (typeof detail.nearer_surrogate === "number") node.spareProgress.nearerSurrogate = detail.nearer_surrogate;
       node.setDirtyCanvas(true, true);
     });
   },
@@ -162,6 +173,7 @@ app.registerExtension({
       if (typeof info?.gap_closed !== "number") return;
       this.spareProgress ??= { step: info.steps_done ?? 0, total: info.steps_done ?? 0, losses: [] };
       this.spareProgress.gapClosed = info.gap_closed;
+      this.spareProgress.nearerSurrogate = info.nearer_surrogate;
       this.setDirtyCanvas(true, true);
     });
   },

@@ -138,13 +138,14 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         forget_latents_given=forget_latents is not None, neighbourhood=neighbourhood,
         figures=ErasureFigures(steps_done=result.steps_done, gap_closed=check.gap_closed,
                                retain_drift=check.retain_drift, concept_gap=check.concept_gap,
+                               nearer_surrogate=check.nearer_surrogate,
                                checks=tuple((c.step, c.gap_closed, c.retain_drift) for c in result.checks),
                                final_loss=result.losses[-1]),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         memory_plan=plan.to_header()).to_header()
     adapter = ErasureAdapter(result.state_dict, metadata)
-    title = (f"SPARE loss · {check.gap_closed:.0%} of the concept gap closed · retain drift {check.retain_drift:.3f}"
-             f" · {result.steps_done} steps")
+    title = (f"SPARE loss · {check.nearer_surrogate:.0%} of held-out draws nearer the surrogate · gap closed "
+             f"{check.gap_closed:.0%} · drift {check.retain_drift:.3f} · {result.steps_done} steps")
     return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
                           charts.line_chart(list(result.losses), title), result, erasure.seconds)
 

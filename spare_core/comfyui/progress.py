@@ -44,7 +44,8 @@ class StepReporter:
             if prompt_server is not None:
                 event = {"node": node, "step": step + 1, "total": total_steps, "loss": loss}
                 if check is not None:
-                    event.update(gap_closed=check.gap_closed, retain_drift=check.retain_drift)
+                    event.update(gap_closed=check.gap_closed, retain_drift=check.retain_drift,
+                                 nearer_surrogate=check.nearer_surrogate)
                 prompt_server.send_sync(PROGRESS_EVENT, event, prompt_server.client_id)
         return report
 
