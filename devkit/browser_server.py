@@ -75,3 +75,29 @@ def comfyui_server(work: Path, checkpoints: Path, log_path: Path):
             process.kill()
             process.wait()
         log.close()
+
+
+# A JavaScript expression: puts the whole graph in view, title bars included, with a margin of page pixels, and
+# returns the scale. Used where every node must be drawn (front ends load a node's images only when they draw it)
+# and where a picture of the whole graph is taken.
+FIT_GRAPH_JS = """((margin) => {
+    const nodes = app.graph._nodes, canvas = app.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
+    const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1] - title));
+    const right = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
+    const bottom = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
+    const box = canvas.canvas.getBoundingClientRect();
+    canvas.ds.scale = Math.min((box.width - 2 * margin) / (right - left), (box.height - 2 * margin) / (bottom - top));
+    canvas.ds.offset = [-left + margin / canvas.ds.scale, -top + margin / canvas.ds.scale];
+    return canvas.ds.scale;
+})"""
+
+
+def skip_first_visit_tour(url: str) -> None:
+    """Current front ends open their template browser on a first visit; its video thumbnails keep a CPU core busy
+    for as long as it is open. Marks the tour done (the 2024 front end has none: nothing happens there)."""
+    request = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request).close()
+    except OSError:
+        pass

@@ -21,8 +21,10 @@ import json
 import shutil
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
+
+from devkit import browser_server
+from devkit.thumbnails import COMMENT_PREFIX, workflow_digest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "example_workflows"
@@ -46,16 +48,10 @@ FIT_JS = """async () => {
     // The focus-mode toggle that stays on screen, and the 2024 front end's floating menu.
     for (const element of document.querySelectorAll('.comfy-menu')) element.style.display = 'none';
     await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
-    const nodes = app.graph._nodes, canvas = app.canvas, title = LiteGraph.NODE_TITLE_HEIGHT;
-    const frame = canvas.canvas.getBoundingClientRect();
+    const canvas = app.canvas, frame = canvas.canvas.getBoundingClientRect();
     const corner = document.elementFromPoint(frame.right - 20, frame.top + 20)?.closest('button');
     if (corner) corner.style.visibility = 'hidden';
-    const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1] - title));
-    const right = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
-    const bottom = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
-    const box = canvas.canvas.getBoundingClientRect(), margin = 30;
-    canvas.ds.scale = Math.min((box.width - 2 * margin) / (right - left), (box.height - 2 * margin) / (bottom - top));
-    canvas.ds.offset = [-left + margin / canvas.ds.scale, -top + margin / canvas.ds.scale];
+    (""" + browser_server.FIT_GRAPH_JS + """)(30);
     for (let i = 0; i < 3; i++) {
         canvas.setDirty(true, true);
         canvas.draw(true, true);
@@ -79,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    from devkit import browser_server
-    from devkit.thumbnails import COMMENT_PREFIX, workflow_digest
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print("needs Chromium: apt-get install chromium (scripts/setup_env.sh does)", file=sys.stderr)
@@ -91,12 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.mkdir()
     _placeholder_checkpoints(checkpoints)
     with browser_server.comfyui_server(work, checkpoints, work / "server.log") as (url, _):
-        try:  # current front ends open their template browser on a first visit
-            request = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true",
-                                             method="POST", headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(request).close()
-        except OSError:
-            pass
+        browser_server.skip_first_visit_tour(url)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport=WINDOW)

@@ -58,14 +58,7 @@ def server(comfy, compact_sd1_checkpoint, tmp_path_factory):
     checkpoints.mkdir()
     (checkpoints / compact_sd1_checkpoint).symlink_to(comfy.folder("checkpoints") / compact_sd1_checkpoint)
     with browser_server.comfyui_server(work, checkpoints, SCREENSHOTS / "server.log") as running:
-        # Current front ends open the template browser on a first visit; its video thumbnails keep a CPU core busy
-        # for as long as it is open, which starves the server's training on a 2-core machine.
-        request = urllib.request.Request(f"{running[0]}/settings/Comfy.TutorialCompleted", data=b"true",
-                                         method="POST", headers={"Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(request).close()
-        except OSError:
-            pass  # the 2024 front end has no template browser
+        browser_server.skip_first_visit_tour(running[0])  # it would starve the server's training
         yield running
 
 
@@ -249,12 +242,8 @@ WATCH_JS = """async ([trainId, fromStep, colour]) => {
 # The whole graph in view (front ends load a node's images when they draw it), then each node's rectangle on the
 # canvas, title bar included, once every image node that ran shows its images.
 NODE_BOXES_JS = """async () => {
-    const nodes = app.graph._nodes, canvas = app.canvas, box = canvas.canvas.getBoundingClientRect();
-    const left = Math.min(...nodes.map(n => n.pos[0])), top = Math.min(...nodes.map(n => n.pos[1]));
-    const right = Math.max(...nodes.map(n => n.pos[0] + n.size[0]));
-    const bottom = Math.max(...nodes.map(n => n.pos[1] + n.size[1]));
-    canvas.ds.scale = Math.min(box.width / (right - left + 80), box.height / (bottom - top + 120));
-    canvas.ds.offset = [-left + 40 / canvas.ds.scale, -top + 60 / canvas.ds.scale];
+    (""" + browser_server.FIT_GRAPH_JS + """)(40);
+    const nodes = app.graph._nodes, canvas = app.canvas;
     const images = nodes.filter((n) => ['SaveImage', 'PreviewImage'].includes(n.type));
     const deadline = Date.now() + 120000;  // images load from the server in well under this
     for (let frames = 0; frames < 2 || (images.some((n) => !n.imgs?.length) && Date.now() < deadline); frames++) {
