@@ -229,8 +229,9 @@ def build_metadata(**values) -> dict[str, str]:
 # of the sample, saliency and timestep stages (added later) are JSON objects under *_config keys.
 _FIGURE_KEYS = {"steps_done": "steps_done", "gap_closed": "erasure_gap_closed",
                 "retain_drift": "erasure_retain_drift", "concept_gap": "erasure_concept_gap",
-                "nearer_surrogate": "erasure_nearer_surrogate", "checks": "erasure_checks",
-                "final_loss": "final_loss"}
+                "nearer_surrogate": "erasure_nearer_surrogate",
+                "guided_nearer_surrogate": "erasure_guided_nearer_surrogate", "verdict": "erasure_verdict",
+                "checks": "erasure_checks", "final_loss": "final_loss"}
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))  # stored flat: rank, alpha, steps, ... as kohya tools expect
 # Training settings added after headers recorded every setting: an older header without them trained at the default.
 _TRAIN_KEYS_ADDED_LATER = ("adjacency_weight", "robust", "robust_every", "robust_attack_steps", "robust_tokens",
@@ -249,6 +250,38 @@ def header_value(header: Mapping[str, str], key: str, default=None):
         return raw
 
 
+# The verdict a user reads beside the figures. It comes from the erasure check's guided share: on how many held-out
+# draws the concept's guidance direction ε(c_f) − ε(∅) lies nearer the surrogate's than the concept's own (the plain
+# share, without the empty prompt, read 1.0 on adapters the judge still saw the concept in: they had moved every
+# prompt alike). Share ≥ hi erased, < lo not erased, partly between. Figure and thresholds were chosen on
+# benchmarks/verdict_calibration.py's dev split against the SynthCanvas judge (its classes: UA ≥ 0.9 erased, ≥ 0.5
+# partly); there the best pair had lo = hi (no band for "partly" agreed better: the two partly-erased dev rows sat at
+# 0.56 among erased rows that all but one reach 0.25), so the verdict is two-way until more partial erasures are
+# measured. With the check's 16 draws, 0.25 is 4 draws.
+# docs/synthcanvas.md reports the agreement on the held-out split.
+VERDICT_THRESHOLDS = (0.25, 0.25)  # (lo, hi)
+VERDICT_FIGURE = "guided_nearer_surrogate"  # the ErasureCheck / ErasureFigures field the verdict reads
+VERDICTS = ("erased", "partly erased", "not erased")
+
+
+def verdict_of(check) -> tuple[Optional[str], Optional[float]]:
+    """The verdict of an erasure check (trainer.ErasureCheck) or of a file's figures, with the share it read."""
+    share = getattr(check, VERDICT_FIGURE, None)
+    return erasure_verdict(share), share
+
+
+def erasure_verdict(nearer_surrogate: Optional[float],
+                    thresholds: tuple[float, float] = VERDICT_THRESHOLDS) -> Optional[str]:
+    """"erased", "partly erased" or "not erased" from the nearer-surrogate share; None when it was not measured
+    (files older than the figure)."""
+    if nearer_surrogate is None:
+        return None
+    lo, hi = thresholds
+    if nearer_surrogate >= hi:
+        return VERDICTS[0]
+    return VERDICTS[1] if nearer_surrogate >= lo else VERDICTS[2]
+
+
 @dataclass(frozen=True)
 class ErasureFigures:
     """What the training measured: steps run, and the last held-out erasure check (share of the concept-to-target
@@ -260,6 +293,8 @@ class ErasureFigures:
     retain_drift: Optional[float] = None
     concept_gap: Optional[float] = None
     nearer_surrogate: Optional[float] = None  # share of held-out draws nearer the surrogate (absent in older files)
+    guided_nearer_surrogate: Optional[float] = None  # the same for the guidance direction (absent in older files)
+    verdict: Optional[str] = None  # erasure_verdict of the final check (absent in older files)
     checks: tuple[tuple[int, float, float], ...] = ()
     final_loss: Optional[float] = None
 
@@ -500,6 +535,9 @@ def describe(metadata: Mapping[str, str]) -> dict:
         "gap_closed": figures.gap_closed,
         "retain_drift": figures.retain_drift,
         "nearer_surrogate": figures.nearer_surrogate,
+        "guided_nearer_surrogate": figures.guided_nearer_surrogate,
+        "verdict": figures.verdict,
+        "verdict_share": getattr(figures, VERDICT_FIGURE) if figures.verdict else None,
         "memory_plan": _plan_reason(value("memory_plan")),
     }
 

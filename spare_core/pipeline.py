@@ -115,7 +115,7 @@ def erase(denoiser: Denoiser, prompts: EncodedPrompts, samples: SampleConfig, tr
             report()
     with _timed(seconds, "training", denoiser):
         result = train_adapter(denoiser, saliency, timesteps, forget, prompts.surrogate, retain, train, seed,
-                               on_step, neighbours)
+                               on_step, neighbours, prompts.uncond)
     return Erasure(result, saliency, timesteps, forget, retain, seconds)
 
 

@@ -54,6 +54,9 @@ class ErasureCheck:
     nearer_surrogate = share of the held-out draws on which the erased model's prediction for the concept is
                    nearer the surrogate's prediction than the concept's own (unerased) one (0 before training;
                    with overshoot 1 a draw crosses once a quarter of its way to the target is closed),
+    guided_nearer_surrogate = the same share for the concept's guidance direction ε(x_t, c_f) − ε(x_t, ∅), the part
+                   of the prediction that classifier-free guidance multiplies (an adapter that moves every prompt's
+                   prediction alike, the empty prompt's too, leaves that direction and so the picture as it was),
     with t uniform over the model's schedule, rms over every sample and latent element, and each residual weighed
     by its σ (so the figures compare denoised images, x0 = x_t − σ·ε, not noise predictions)."""
 
@@ -62,14 +65,18 @@ class ErasureCheck:
     step: int
     concept_gap: float = 0.0  # rms(σ·(ε_T(x_t, c_f) − ε_T(x_t, c_s))) itself: how much the concept changes the picture
     nearer_surrogate: Optional[float] = None
+    guided_nearer_surrogate: Optional[float] = None
 
     @staticmethod
     def measure(step: int, concept: torch.Tensor, surrogate: torch.Tensor, student_forget: torch.Tensor,
                 retain: torch.Tensor, student_retain: torch.Tensor, sigma_forget: torch.Tensor,
-                sigma_retain: torch.Tensor, overshoot: float = 0.0) -> "ErasureCheck":
+                sigma_retain: torch.Tensor, overshoot: float = 0.0, unconditional: Optional[torch.Tensor] = None,
+                student_unconditional: Optional[torch.Tensor] = None) -> "ErasureCheck":
         """The figures above from noise predictions on the same draws: the frozen model's (``concept``,
-        ``surrogate``, ``retain``) and the erased model's (``student_*``), with each draw's σ. The one definition
-        of "gap closed": the trainer's check, the test helpers and the benchmarks all measure through it."""
+        ``surrogate``, ``retain``, ``unconditional`` for the empty prompt on the forget draws) and the erased
+        model's (``student_*``), with each draw's σ. The one definition of "gap closed": the trainer's check, the
+        test helpers and the benchmarks all measure through it. Without the empty prompt's predictions the guided
+        share is not measured (None)."""
         # Root-mean-square norms, not squared errors: sampling with guidance scale w multiplies what is left of the
         # concept direction by w, so a residual of a quarter of the gap (94 % of its squared error gone) still draws
         # the concept at w = 4. The norm ratio says that plainly. Each noise residual is weighed by its sigma, i.e.
@@ -87,8 +94,14 @@ class ErasureCheck:
         to_surrogate = (student_forget - surrogate).flatten(1).pow(2).sum(1)
         to_concept = (student_forget - concept).flatten(1).pow(2).sum(1)
         nearer = float((to_surrogate < to_concept).float().mean())
+        guided = None
+        if unconditional is not None and student_unconditional is not None:
+            direction = student_forget - student_unconditional
+            to_surrogate = (direction - (surrogate - unconditional)).flatten(1).pow(2).sum(1)
+            to_concept = (direction - (concept - unconditional)).flatten(1).pow(2).sum(1)
+            guided = round(float((to_surrogate < to_concept).float().mean()), 4)
         return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap,
-                            round(nearer, 4))
+                            round(nearer, 4), guided)
 
 
 @dataclass(frozen=True)
@@ -182,38 +195,50 @@ class _CheckBatch:
     x_retain: torch.Tensor
     sigma_retain: torch.Tensor
     retain: ConceptSamples
+    unconditional: Optional[Conditioning] = None  # the empty prompt, one row per forget draw
 
 
 CHECK_SEED_OFFSET = 7919  # the check's noise and timesteps come from their own generator, apart from training's
 
 
 def _check_batch(denoiser: Denoiser, timesteps: TimestepDistribution, forget: ConceptSamples,
-                 surrogate: Conditioning, retain: ConceptSamples, size: int, seed: int) -> _CheckBatch:
+                 surrogate: Conditioning, retain: ConceptSamples, size: int, seed: int,
+                 unconditional: Optional[Conditioning] = None) -> _CheckBatch:
     generator = torch.Generator().manual_seed(seed + CHECK_SEED_OFFSET)
     forget_rows, retain_rows = forget.pick(size, generator), retain.pick(size, generator)
     # Uniform over the schedule, as a sampler walks it: the check must not only look where training looked.
     indices = torch.randint(timesteps.num_timesteps, (2 * size,), generator=generator)
     x_f, s_f = _noisy(forget_rows, indices[:size], denoiser, generator)
     x_r, s_r = _noisy(retain_rows, indices[size:], denoiser, generator)
-    return _CheckBatch(x_f, s_f, forget_rows, forget_rows.surrogates(surrogate), x_r, s_r, retain_rows)
+    empty = None if unconditional is None else unconditional.select(torch.zeros(len(x_f), dtype=torch.long))
+    return _CheckBatch(x_f, s_f, forget_rows, forget_rows.surrogates(surrogate), x_r, s_r, retain_rows, empty)
 
 
 @torch.no_grad()
-def _teacher_check(denoiser: Denoiser, batch: _CheckBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher predictions for the check: concept, surrogate, retain."""
+def _teacher_check(denoiser: Denoiser, batch: _CheckBatch) -> tuple[Optional[torch.Tensor], ...]:
+    """Teacher predictions for the check: concept, surrogate, retain, and the empty prompt's on the forget draws
+    (None without it)."""
     x = torch.cat([batch.x_forget, batch.x_forget, batch.x_retain])
     sigma = torch.cat([batch.sigma_forget, batch.sigma_forget, batch.sigma_retain])
-    return tuple(_predict(denoiser, x, sigma, [batch.forget.cond, batch.surrogate, batch.retain.cond]))
+    predicted = _predict(denoiser, x, sigma, [batch.forget.cond, batch.surrogate, batch.retain.cond])
+    return (*predicted, _unconditional(denoiser, batch))
+
+
+def _unconditional(denoiser: Denoiser, batch: _CheckBatch) -> Optional[torch.Tensor]:
+    if batch.unconditional is None:
+        return None
+    return _predict(denoiser, batch.x_forget, batch.sigma_forget, [batch.unconditional])[0]
 
 
 @torch.no_grad()
 def _student_check(denoiser: Denoiser, batch: _CheckBatch, teacher, step: int, overshoot: float = 0.0) -> ErasureCheck:
-    concept, surrogate, retain = teacher
+    concept, surrogate, retain, unconditional = teacher
     x = torch.cat([batch.x_forget, batch.x_retain])
     sigma = torch.cat([batch.sigma_forget, batch.sigma_retain])
     student_forget, student_retain = _predict(denoiser, x, sigma, [batch.forget.cond, batch.retain.cond])
     return ErasureCheck.measure(step, concept, surrogate, student_forget, retain, student_retain,
-                                batch.sigma_forget, batch.sigma_retain, overshoot)
+                                batch.sigma_forget, batch.sigma_retain, overshoot, unconditional,
+                                _unconditional(denoiser, batch))
 
 
 # Teacher passes of several steps in one batch: on a CPU a batch of 6 small latents costs about as much as one of
@@ -368,9 +393,11 @@ def _teacher_targets(denoiser: Denoiser, draws: list[_StepDraw], overshoot: floa
 def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: TimestepDistribution,
                   forget: ConceptSamples, surrogate: Conditioning, retain: ConceptSamples, config: TrainConfig,
                   seed: int, on_step: StepCallback = lambda step, loss, check=None: None,
-                  neighbours: Optional[ConceptSamples] = None) -> TrainResult:
+                  neighbours: Optional[ConceptSamples] = None,
+                  unconditional: Optional[Conditioning] = None) -> TrainResult:
     """Train and return the adapter as a kohya state dict. ``neighbours``: samples of the concepts next to the
-    erased ones, kept by the adjacency term (weight ``config.adjacency_weight``)."""
+    erased ones, kept by the adjacency term (weight ``config.adjacency_weight``). ``unconditional``: the empty
+    prompt, for the check's guided figure (not used in training)."""
     if timesteps.num_timesteps != denoiser.num_timesteps:
         raise ValueError(f"the timestep distribution covers {timesteps.num_timesteps} timesteps but this model "
                          f"has {denoiser.num_timesteps}; select timesteps on the same model")
@@ -379,7 +406,7 @@ def train_adapter(denoiser: Denoiser, saliency: SaliencyMap, timesteps: Timestep
                          f"blocks are unknown to SPARE; turn it off")
     denoiser = _captured(denoiser) if config.capture_step else denoiser
     generator = torch.Generator().manual_seed(seed)
-    check = _check_batch(denoiser, timesteps, forget, surrogate, retain, config.check_samples, seed)
+    check = _check_batch(denoiser, timesteps, forget, surrogate, retain, config.check_samples, seed, unconditional)
     teacher = _teacher_check(denoiser, check)
     # before training: 0 and 0, by construction
     checks = [_student_check(denoiser, check, teacher, 0, config.overshoot)]

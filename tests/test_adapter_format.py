@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from spare_core.adapter import AdapterMetadata, ErasureFigures, describe, load_adapter
+from spare_core.adapter import AdapterMetadata, ErasureFigures, describe, erasure_verdict, load_adapter
 from spare_core.config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from spare_core.neighbours import Neighbourhood
 from spare_core.prompts import ErasurePrompts
@@ -22,7 +22,8 @@ def _metadata(prompts: ErasurePrompts, **changes) -> AdapterMetadata:
         timestep_probabilities=(0.1 / 2.4333333333333336, (1 / 3) / 2.4333333333333336, 2.0 / 2.4333333333333336),
         modules=12, module_fraction=0.3, row_fraction=1.0,
         figures=ErasureFigures(steps_done=7, gap_closed=0.93, retain_drift=0.012, concept_gap=0.1234567891,
-                               nearer_surrogate=0.9375, checks=((5, 0.5, 0.01), (7, 0.93, 0.012)), final_loss=0.03),
+                               nearer_surrogate=0.9375, guided_nearer_surrogate=0.625, verdict="partly erased",
+                               checks=((5, 0.5, 0.01), (7, 0.93, 0.012)), final_loss=0.03),
         created="2026-12-06T03:00:00+00:00")
     values.update(changes)
     return AdapterMetadata(**values)
@@ -91,6 +92,11 @@ def test_any_lora_header_gives_figures_and_a_description():
     assert (figures.steps_done, figures.gap_closed, figures.checks[-1]) == (7, 0.93, (7, 0.93, 0.012))
     assert describe(header)["gap_closed"] == 0.93 and describe(header)["is_spare"]
     assert figures.nearer_surrogate == describe(header)["nearer_surrogate"] == 0.9375
+    # The verdict as the file recorded it, with the share it was read from.
+    assert (describe(header)["verdict"], describe(header)["verdict_share"]) == ("partly erased", 0.625)
+    before_verdict = {key: value for key, value in header.items()
+                      if key not in ("erasure_verdict", "erasure_guided_nearer_surrogate")}
+    assert describe(before_verdict)["verdict"] is None and describe(before_verdict)["verdict_share"] is None
     # A file written before the per-draw figure existed describes it as absent.
     older = {key: value for key, value in header.items() if key != "erasure_nearer_surrogate"}
     assert describe(older)["nearer_surrogate"] is None and describe(older)["gap_closed"] == 0.93
@@ -134,3 +140,10 @@ def test_the_header_alone_trains_the_same_adapter_again(comfy, door, compact_sd1
     differ = [key for key in saved.tensors if not torch.equal(again.tensors[key], saved.tensors[key])]
     assert not differ, f"{len(differ)} of {len(saved.tensors)} tensors differ, e.g. {differ[:3]}"
     assert AdapterMetadata.from_header(again.metadata).figures == metadata.figures
+
+
+def test_the_verdict_reads_the_share_against_its_two_thresholds():
+    lo, hi = 0.25, 0.75
+    assert [erasure_verdict(share, (lo, hi)) for share in (0.0, 0.2499, 0.25, 0.7499, 0.75, 1.0)] == [
+        "not erased", "not erased", "partly erased", "partly erased", "erased", "erased"]
+    assert erasure_verdict(None) is None  # a file older than the figure has no verdict

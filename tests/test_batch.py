@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spare_core.adapter import load_adapter
+from spare_core.adapter import VERDICTS, load_adapter
 from spare_core.runner.jobfile import JobFileError, parse_jobs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +116,7 @@ def test_jobs_land_a_bad_one_fails_alone_and_a_second_run_resumes(batch, comfy, 
     for outcome, record in zip(outcomes[::2], records[::2], strict=True):
         assert record["adapter_sha256"] == batch.file_sha256(outcome.adapter)
         assert record["figures"]["steps_done"] == QUICK["steps"] and 0 <= record["figures"]["retain_drift"]
+        assert record["figures"]["verdict"] in VERDICTS  # what an operator reads first in the ledger
         adapter = load_adapter(outcome.adapter)
         # The stock loader maps every module of the adapter onto the model (one weight patch per module).
         assert _patched_weight_count(comfy, base, f"batch_resume/{outcome.adapter.name}") \

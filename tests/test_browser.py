@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -316,7 +317,8 @@ def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, compact_sd1_c
     info = page.evaluate("() => app.graph._nodes.find(n => n.type === 'SpareLoadAdapter').spareInfo")
     assert info[0] == "erases: Van Gogh style"  # the concept phrase, not its 24 expanded prompts
     assert info[1] == "→ a painting"
-    assert info[2].startswith("erasure check: ") and info[2].endswith("% of held-out draws nearer the surrogate"), info
+    assert re.fullmatch(r"verdict: (erased|partly erased|not erased) \(\d+ % of held-out draws nearer the surrogate\)",
+                        info[2]), info
     assert "% of the concept gap closed, retain drift" in info[3] and all(len(line) <= 70 for line in info), info
     page.screenshot(path=str(SCREENSHOTS / "adapter_details.png"))
 
@@ -387,15 +389,19 @@ def test_summary_copes_with_missing_or_malformed_metadata(page):
 
 
 
-def test_the_erasure_check_reads_as_draws_nearer_the_surrogate_and_older_files_still_show(page):
+def test_the_erasure_check_reads_as_a_verdict_and_older_files_still_show(page):
     lines = page.evaluate("""async () => {
         const { adapterSummary } = await import('/extensions/comfyui_spare/spare.js');
         const older = {forget_prompts: ['a cat'], gap_closed: 0.82, retain_drift: 0.09};
-        return [adapterSummary({...older, nearer_surrogate: 0.9375}), adapterSummary(older)];
+        const before_verdict = {...older, nearer_surrogate: 0.9375};
+        return [adapterSummary({...before_verdict, verdict: 'partly erased', verdict_share: 0.5625}),
+                adapterSummary(before_verdict), adapterSummary(older)];
     }""")
-    assert lines[0][2:4] == ["erasure check: 94 % of held-out draws nearer the surrogate",
+    assert lines[0][2:4] == ["verdict: partly erased (56 % of held-out draws nearer the surrogate)",
                              "  82 % of the concept gap closed, retain drift 0.090"], lines[0]
-    assert lines[1][2] == "erasure check: 82 % of the concept gap closed, retain drift 0.090", lines[1]
+    assert lines[1][2:4] == ["erasure check: 94 % of held-out draws nearer the surrogate",
+                             "  82 % of the concept gap closed, retain drift 0.090"], lines[1]
+    assert lines[2][2] == "erasure check: 82 % of the concept gap closed, retain drift 0.090", lines[2]
 
 def test_each_surrogate_line_is_shown_apart(page):
     lines = page.evaluate("""async () => {

@@ -67,7 +67,8 @@ def test_erasure_check_is_measured_before_and_after_and_agrees_with_the_test(doo
     ComfyUI's LoRA patching."""
     prompts, forget, retain, _, result, _ = erasure
     first, last = result.checks[0], result.final_check
-    assert (first.step, first.gap_closed, first.retain_drift, first.nearer_surrogate) == (0, 0.0, 0.0, 0.0)
+    assert (first.step, first.gap_closed, first.retain_drift, first.nearer_surrogate,
+            first.guided_nearer_surrogate) == (0, 0.0, 0.0, 0.0, 0.0)
     assert last.step == result.steps_done == TRAIN_STEPS and last.concept_gap > 0
     # Most held-out draws of the concept now come out nearer the surrogate than the concept.
     assert last.nearer_surrogate >= 0.75, last

@@ -235,3 +235,24 @@ def test_nearer_surrogate_is_the_share_of_draws_that_crossed_to_the_surrogate():
     assert check.nearer_surrogate == 0.75
     unchanged = ErasureCheck.measure(0, concept, surrogate, concept.clone(), retain, retain, sigmas, torch.ones(2))
     assert unchanged.nearer_surrogate == 0.0 and unchanged.gap_closed == 0.0
+
+
+def test_guided_share_ignores_a_shift_of_every_prompt_and_counts_a_turned_direction():
+    """The guided figure compares the concept's guidance direction ε(c_f) − ε(∅), the part classifier-free
+    guidance multiplies: an adapter that moves the concept's prediction and the empty prompt's alike leaves the
+    picture as it was and must not count, however near the surrogate the plain prediction came; a direction
+    turned past the midpoint towards the surrogate's counts."""
+    concept, surrogate = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
+    empty = torch.full((4, 1, 2, 2), -1.0)
+    retain = torch.zeros(2, 1, 2, 2)
+    sigmas = torch.ones(4)
+    shifted = ErasureCheck.measure(1, concept, surrogate, concept + 0.9, retain, retain, sigmas, torch.ones(2),
+                                   unconditional=empty, student_unconditional=empty + 0.9)
+    assert shifted.nearer_surrogate == 1.0 and shifted.guided_nearer_surrogate == 0.0
+    turned = torch.full((4, 1, 2, 2), 0.6)
+    turned[0] = 0.4
+    erased = ErasureCheck.measure(1, concept, surrogate, turned, retain, retain, sigmas, torch.ones(2),
+                                  unconditional=empty, student_unconditional=empty)
+    assert erased.guided_nearer_surrogate == 0.75
+    without_empty = ErasureCheck.measure(1, concept, surrogate, turned, retain, retain, sigmas, torch.ones(2))
+    assert without_empty.guided_nearer_surrogate is None

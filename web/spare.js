@@ -42,9 +42,12 @@ export function adapterSummary(info) {
   if (typeof info.gap_closed === "number") {
     const drift = typeof info.retain_drift === "number" ? `, retain drift ${info.retain_drift.toFixed(3)}` : "";
     const gap = `${Math.round(info.gap_closed * 100)} % of the concept gap closed${drift}`;
-    // Files trained before the per-draw figure existed have only the gap closed. Two lines: the node draws 70
-    // characters a line.
-    if (typeof info.nearer_surrogate === "number") {
+    // Files trained before the verdict existed show the per-draw figure, and files before that only the gap
+    // closed. Two lines: the node draws 70 characters a line.
+    if (typeof info.verdict === "string" && typeof info.verdict_share === "number") {
+      lines.push(`verdict: ${info.verdict} (${Math.round(info.verdict_share * 100)} % of held-out draws nearer the surrogate)`);
+      lines.push(`  ${gap}`);
+    } else if (typeof info.nearer_surrogate === "number") {
       lines.push(`erasure check: ${Math.round(info.nearer_surrogate * 100)} % of held-out draws nearer the surrogate`);
       lines.push(`  ${gap}`);
     } else {
@@ -105,10 +108,12 @@ function drawLossCurve(ctx, progress, left, top, width) {
   let text = "loss curve: shown here while the adapter trains";
   if (progress) {
     const last = losses[losses.length - 1];
-    const nearer = progress.nearerSurrogate == null ? ""
-      : `   nearer surrogate ${Math.round(progress.nearerSurrogate * 100)} %`;
-    const gap = progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
-    text = `step ${progress.step} / ${progress.total}   loss ${last?.toExponential(2) ?? "-"}${nearer}${gap}`;
+    // The latest erasure check as a verdict (the panel has room for about 70 characters); the gap closed only
+    // where no verdict came (a server older than the verdict).
+    const check = progress.verdict != null && progress.verdictShare != null
+      ? `   ${progress.verdict}: ${Math.round(progress.verdictShare * 100)} % nearer surrogate`
+      : progress.gapClosed == null ? "" : `   gap closed ${Math.round(progress.gapClosed * 100)} %`;
+    text = `step ${progress.step} / ${progress.total}   loss ${last?.toExponential(2) ?? "-"}${check}`;
   }
   ctx.fillText(text, left, top + height + 18);
   ctx.restore();
@@ -155,7 +160,10 @@ app.registerExtension({
       node.spareProgress.losses.push(Number(detail.loss));
       // The held-out erasure check arrives every few steps: share of the way from the concept to its target closed.
       if (typeof detail.gap_closed === "number") node.spareProgress.gapClosed = detail.gap_closed;
-      if (typeof detail.nearer_surrogate === "number") node.spareProgress.nearerSurrogate = detail.nearer_surrogate;
+      if (typeof detail.verdict === "string") {
+        node.spareProgress.verdict = detail.verdict;
+        node.spareProgress.verdictShare = detail.verdict_share;
+      }
       node.setDirtyCanvas(true, true);
     });
   },
@@ -173,7 +181,8 @@ app.registerExtension({
       if (typeof info?.gap_closed !== "number") return;
       this.spareProgress ??= { step: info.steps_done ?? 0, total: info.steps_done ?? 0, losses: [] };
       this.spareProgress.gapClosed = info.gap_closed;
-      this.spareProgress.nearerSurrogate = info.nearer_surrogate;
+      this.spareProgress.verdict = info.verdict;
+      this.spareProgress.verdictShare = info.verdict_share;
       this.setDirtyCanvas(true, true);
     });
   },

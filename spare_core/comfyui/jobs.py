@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .. import attacks, charts, memory, neighbours, pipeline
-from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value
+from ..adapter import AdapterMetadata, ErasureAdapter, ErasureFigures, header_value, verdict_of
 from ..config import SaliencyConfig, SampleConfig, TimestepConfig, TrainConfig
 from ..pipeline import EncodedPrompts
 from ..prompts import ErasurePrompts, _normalise, is_style, style_name
@@ -139,13 +139,16 @@ def train_for_model(model, clip, prompts: ErasurePrompts, samples: SampleConfig,
         figures=ErasureFigures(steps_done=result.steps_done, gap_closed=check.gap_closed,
                                retain_drift=check.retain_drift, concept_gap=check.concept_gap,
                                nearer_surrogate=check.nearer_surrogate,
+                               guided_nearer_surrogate=check.guided_nearer_surrogate, verdict=verdict_of(check)[0],
                                checks=tuple((c.step, c.gap_closed, c.retain_drift) for c in result.checks),
                                final_loss=result.losses[-1]),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         memory_plan=plan.to_header()).to_header()
     adapter = ErasureAdapter(result.state_dict, metadata)
-    title = (f"SPARE loss · {check.nearer_surrogate:.0%} of held-out draws nearer the surrogate · gap closed "
-             f"{check.gap_closed:.0%} · drift {check.retain_drift:.3f} · {result.steps_done} steps")
+    verdict, share = verdict_of(check)
+    # At most about 95 characters: the chart is 640 px wide and PIL's default font 6 px a character.
+    title = (f"SPARE loss · {verdict}: {share:.0%} nearer surrogate · gap closed {check.gap_closed:.0%} · drift "
+             f"{check.retain_drift:.3f} · {result.steps_done} steps")
     return TrainedErasure(adapter, patches.apply_adapter(model, adapter, 1.0),
                           charts.line_chart(list(result.losses), title), result, erasure.seconds)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import comfy.model_management
 import comfy.utils
 
+from ..adapter import verdict_of
+
 PROGRESS_EVENT = "spare.progress"
 
 
@@ -44,8 +46,9 @@ class StepReporter:
             if prompt_server is not None:
                 event = {"node": node, "step": step + 1, "total": total_steps, "loss": loss}
                 if check is not None:
+                    verdict, share = verdict_of(check)
                     event.update(gap_closed=check.gap_closed, retain_drift=check.retain_drift,
-                                 nearer_surrogate=check.nearer_surrogate)
+                                 nearer_surrogate=check.nearer_surrogate, verdict=verdict, verdict_share=share)
                 prompt_server.send_sync(PROGRESS_EVENT, event, prompt_server.client_id)
         return report
 

@@ -304,13 +304,13 @@ def _overall_bar(total: int):
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    rows = [("job", "status", "seconds", "gap closed", "retain drift", "adapter / error")]
+    rows = [("job", "status", "seconds", "verdict", "gap closed", "retain drift", "adapter / error")]
     for o in outcomes:
         figures = o.figures or {}
         gap, drift = figures.get("gap_closed"), figures.get("retain_drift")
         detail = (o.error or "").splitlines()[0] if o.status == "failed" else str(o.adapter or "")
-        rows.append((o.job.output, o.status, f"{o.seconds:.1f}", "" if gap is None else f"{gap:.1%}",
-                     "" if drift is None else f"{drift:.4f}", detail))
+        rows.append((o.job.output, o.status, f"{o.seconds:.1f}", figures.get("verdict") or "",
+                     "" if gap is None else f"{gap:.1%}", "" if drift is None else f"{drift:.4f}", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
                      for r in rows)

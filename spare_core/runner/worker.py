@@ -74,6 +74,6 @@ def attempt_job(runtime, job: Job, checkpoint: Path, show_progress: bool = False
         error, bad_input = _error_text(run)
         return Attempt(False, error, bad_input, seconds=seconds)
     recorded = ErasureFigures.from_header(run.outputs["2"][0][0].metadata)
-    shown = ("gap_closed", "retain_drift", "nearer_surrogate", "steps_done")
+    shown = ("verdict", "guided_nearer_surrogate", "gap_closed", "retain_drift", "nearer_surrogate", "steps_done")
     figures = {name: getattr(recorded, name) for name in shown if getattr(recorded, name) is not None}
     return Attempt(True, figures=figures, seconds=seconds)
