@@ -1,0 +1,28 @@
+"""The rule that chose the verdict's thresholds on the dev split (benchmarks/verdict_calibration.py)."""
+
+from benchmarks.verdict_calibration import agreement, choose_thresholds, judge_class
+
+
+def _row(share: float, ua: float) -> dict:
+    return {"row": "steps5:style:x", "guided_nearer_surrogate": share, "UA": ua}
+
+
+def test_the_judges_classes_are_the_fixed_bounds():
+    assert [judge_class(ua) for ua in (0.0, 0.49, 0.5, 0.89, 0.9, 1.0)] == [
+        "not erased", "not erased", "partly erased", "partly erased", "erased", "erased"]
+
+
+def test_a_figure_that_separates_the_classes_gets_thresholds_that_agree_on_every_row():
+    rows = [_row(0.0, 0.0), _row(0.1, 0.2), _row(0.4, 0.6), _row(0.5, 0.7), _row(0.8, 0.95), _row(1.0, 1.0)]
+    chosen = choose_thresholds(rows, "guided_nearer_surrogate")
+    assert chosen["agreeing"] == chosen["rows"] == 6
+    # Ties go to the highest thresholds that still agree: "erased" only from the lowest erased row's share up.
+    assert chosen["thresholds"] == [0.4, 0.8]
+
+
+def test_agreement_counts_each_judge_class_against_each_verdict():
+    rows = [_row(0.0, 1.0), _row(1.0, 1.0), _row(1.0, 0.0)]
+    table = agreement(rows, "guided_nearer_surrogate", (0.5, 0.5))
+    assert (table["agreeing"], table["rows"]) == (1, 3)
+    assert table["judge_class_to_verdict"]["erased"] == {"erased": 1, "partly erased": 0, "not erased": 1}
+    assert table["judge_class_to_verdict"]["not erased"]["erased"] == 1
