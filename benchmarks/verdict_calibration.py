@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from benchmarks.resumable import row_parser, rows_to_measure
 from benchmarks.unlearncanvas import EVAL_SEED, Concept, node_defaults, parse_concepts, user_phrases
@@ -132,6 +132,28 @@ def save_strip(images: torch.Tensor, path: Path) -> None:
     Image.fromarray(np.concatenate(list(tiles), axis=1)).save(path)
 
 
+def grid(strips: Path, path: Path) -> None:
+    """Every concept's strips one under the other (unerased first, then each row measured), half size, labelled."""
+    concepts = sorted(folder for folder in strips.iterdir() if folder.is_dir()) if strips.exists() else []
+    order = ["steps0"] + [f"steps{n}" for n in STEP_COUNTS] + [f"lr1e-4_steps{n}" for n in WEAK_STEP_COUNTS]
+    lines = []
+    for concept in concepts:
+        lines.append((concept.name.replace("_", " ", 1), None))
+        lines += [(name, Image.open(concept / f"{name}.png")) for name in order if (concept / f"{name}.png").exists()]
+    if not lines:
+        return
+    tile = 32  # the 64 px images at half size
+    label = 110
+    picture = Image.new("RGB", (label + STRIP * tile, len(lines) * tile), "white")
+    draw = ImageDraw.Draw(picture)
+    for row, (text, strip) in enumerate(lines):
+        draw.text((4, row * tile + 10), "unerased" if text == "steps0" else text, fill="black")
+        if strip is not None:
+            picture.paste(strip.resize((STRIP * tile, tile)), (label, row * tile))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, quality=88)
+
+
 def measured_rows(results: dict) -> list[dict]:
     """Every measured row as {row, steps, figures…, UA}."""
     rows = []
@@ -186,6 +208,9 @@ def main(argv=None) -> int:
     parser = row_parser(__doc__.splitlines()[0], SPLITS)
     parser.add_argument("--strips", type=Path, default=REPO / "out" / "verdict_calibration",
                         help="folder for each row's strip of images (split/concept/row.png)")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help="the strips of every measured row as one picture (default: "
+                             "docs/results/verdict_calibration/SPLIT.jpg)")
     args = parser.parse_args(argv)
     split = SPLITS[args.split]
     concepts = parse_concepts(split.concepts)
@@ -196,10 +221,12 @@ def main(argv=None) -> int:
     json_path = args.json or split.json
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     todo = rows_to_measure(parser, args.rows, args.redo, every, results)
+    grid_path = args.grid or REPO / "docs" / "results" / "verdict_calibration" / f"{args.split}.jpg"
     if not todo:
         results["protocol"] = __doc__
         summarise(results, args.split)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+        grid(args.strips / args.split, grid_path)
         return 0
 
     runtime = headless.boot(Path(tempfile.mkdtemp(prefix="spare-verdict-")), cpu=not torch.cuda.is_available())
@@ -243,6 +270,7 @@ def main(argv=None) -> int:
                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "device": "cuda" if torch.cuda.is_available() else "cpu"}
         json_path.write_text(json.dumps(results, indent=2) + "\n")
+        grid(args.strips / args.split, grid_path)
         print(f"{row:28s} nearer {check.nearer_surrogate:.3f} guided {check.guided_nearer_surrogate:.3f} "
               f"gap {check.gap_closed:.3f} drift {check.retain_drift:.3f} UA {ua:.3f} IRA {judged['IRA']:.3f} "
               f"(base UA {base[label]['UA']:.3f} IRA {base[label]['IRA']:.3f})", flush=True)
