@@ -270,16 +270,15 @@ def verdict_of(check) -> tuple[Optional[str], Optional[float]]:
     return erasure_verdict(share), share
 
 
-def erasure_verdict(nearer_surrogate: Optional[float],
-                    thresholds: tuple[float, float] = VERDICT_THRESHOLDS) -> Optional[str]:
-    """"erased", "partly erased" or "not erased" from the nearer-surrogate share; None when it was not measured
-    (files older than the figure)."""
-    if nearer_surrogate is None:
+def erasure_verdict(share: Optional[float], thresholds: tuple[float, float] = VERDICT_THRESHOLDS) -> Optional[str]:
+    """"erased", "partly erased" or "not erased" from a share of draws nearer the surrogate (the shipped verdict
+    reads VERDICT_FIGURE); None when it was not measured (files older than the figure)."""
+    if share is None:
         return None
     lo, hi = thresholds
-    if nearer_surrogate >= hi:
+    if share >= hi:
         return VERDICTS[0]
-    return VERDICTS[1] if nearer_surrogate >= lo else VERDICTS[2]
+    return VERDICTS[1] if share >= lo else VERDICTS[2]
 
 
 @dataclass(frozen=True)
