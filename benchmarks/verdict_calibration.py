@@ -25,16 +25,24 @@ Splits (thresholds are chosen on dev, agreement is reported on held-out):
   pairs 8 times (64 images), the benchmark's held-out sampler seed (benchmarks/unlearncanvas.py's UA).
 The four dev concepts are also among the 16 held-out ones, trained from another seed and judged on other images.
 
-How dev chooses. For each figure F (the share of draws nearer the surrogate, the guided share, gap closed), every
-pair of thresholds lo ≤ hi over the values F took on dev (and 0 and 1.01); the verdict is erased when F ≥ hi, not
-erased when F < lo, partly between; the pair that agrees with the judge's class on the most dev rows wins, ties
-broken towards the higher hi (claim "erased" only when surer), then the higher lo. The figure whose best pair agrees
-on the most dev rows drives the shipped verdict (spare_core.adapter: VERDICT_FIGURE, VERDICT_THRESHOLDS); the
-held-out split reports its agreement and, beside it, the other figures' at the thresholds dev chose for them.
-What was seen before the rule was fixed, said plainly: the first three dev rows (sketch at 5, 10 and 25 steps), run
-as a smoke test with only the plain share, showed it at 1.0 on images the judge still read as sketch; the guided
+How dev chooses. For each figure F (the share of draws nearer the surrogate; the same share for the guidance
+direction alone, "guided"; the same share for the prediction as a sampler at the pack's guidance scale combines it,
+"cfg"; gap closed), every pair of thresholds lo ≤ hi over the values F took on dev (and 0 and 1.01); the verdict is
+erased when F ≥ hi, not erased when F < lo, partly between; the pair that agrees with the judge's class on the most
+dev rows wins, ties broken towards the higher hi (claim "erased" only when surer), then the higher lo. The figure
+whose best pair agrees on the most dev rows drives the shipped verdict (spare_core.adapter: VERDICT_FIGURE,
+VERDICT_THRESHOLDS); a tie keeps the figure shipped before. The held-out split reports its agreement and, beside it,
+the other figures' at the thresholds dev chose for them.
+What was seen before each candidate joined, said plainly: the first three dev rows (sketch at 5, 10 and 25 steps),
+run as a smoke test with only the plain share, showed it at 1.0 on images the judge still read as sketch; the guided
 share was added as a candidate then. The lr1e-4 rows were added after the 24 rows at the default learning rate
-(5 of them not erased by the judge, 1 partly), before any lr1e-4 row was measured.
+(5 of them not erased by the judge, 1 partly), before any lr1e-4 row was measured. The cfg share was added after the
+whole held-out split had been measured with the guided verdict, which said "not erased" at the defaults for charcoal
+and sunset although the judge and the pictures show them erased; every dev row was then measured again (training is
+deterministic: the other figures came out as before) to give it its dev figures, and the choice between figures was
+made on dev as above. The guided shares at guidance 2 and 10 are recorded beside it, never chosen from. The lr1e-4
+rows at 150 and 200 steps joined dev after that (its 36 rows held only two partly-erased ones, too few to place a
+band for them), before any of them was measured; held-out keeps its 96 rows.
 
 The JSON is written after every row; a re-run skips the rows already there unless --redo names them.
 """
@@ -53,9 +61,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from benchmarks.resumable import row_parser, rows_to_measure
+from benchmarks.resumable import listed, row_parser, rows_to_measure
 from benchmarks.unlearncanvas import EVAL_SEED, Concept, node_defaults, parse_concepts, user_phrases
+from spare_core import trainer
 from spare_core.adapter import VERDICT_FIGURE, VERDICT_THRESHOLDS, erasure_verdict
+from spare_core.config import SampleConfig
 from spare_core.runner import headless
 from synthcanvas import demo_model, evaluation
 from synthcanvas.generation import generate
@@ -66,10 +76,19 @@ STEP_COUNTS = (5, 10, 25, 50, 100, 300)
 # The same at the node's earlier default learning rate, 30 times smaller: erasures that get part of the way, which
 # the default learning rate passes through within a few steps.
 WEAK_LEARNING_RATE = 1e-4
-WEAK_STEP_COUNTS = (25, 100, 300)
+# 150 and 200 joined after the first 36 dev rows held only two partly-erased ones: on every dev concept the weak rate
+# had not erased at 100 steps and had at 300 (polka dot partly), so the steps between are where partial erasures are.
+WEAK_STEP_COUNTS = (25, 100, 150, 200, 300)
 DEV_TRAIN_SEED = 1
 JUDGE_CLASSES = ((0.9, "erased"), (0.5, "partly erased"), (0.0, "not erased"))
-FIGURES = ("nearer_surrogate", "guided_nearer_surrogate", "gap_closed")
+# The guidance scale the pack samples the demo model's family at (SampleConfig.cfg, which the Train node uses for its
+# own samples; Flux: 1): the candidate figure that judges each draw as that sampler combines the predictions.
+SAMPLE_GUIDANCE = SampleConfig().cfg
+FIGURES = ("nearer_surrogate", "guided_nearer_surrogate", "cfg_nearer_surrogate", "gap_closed")
+# Recorded beside the candidates, never chosen from: the guided share at other guidance scales, to see how the figure
+# moves between the plain share (w = 1) and the pure direction (w = inf).
+GUIDANCE_SWEEP = (2.0, 10.0)
+ADDED = ("cfg_nearer_surrogate", *(f"guided_w{w:g}" for w in GUIDANCE_SWEEP))  # what --figures-only adds to a row
 STRIP = 8  # images per row kept as a picture: the concept's 8 pairs, once each
 
 
@@ -94,6 +113,40 @@ SPLITS = {
     "heldout": Split("all", TRAIN_TEMPLATES[:1], 8, EVAL_SEED, None,
                      REPO / "docs" / "results" / "verdict_calibration.json", (5, 10, 25, 300), (100, 300)),
 }
+
+
+class LastCheck:
+    """Keeps the tensors of the Train job's last erasure check (the arguments of trainer.ErasureCheck.measure), so that
+    figures the node does not record can be computed on the very draws the node's own figures came from. ComfyUI
+    loads the pack as a custom node under a module name of its own, so the trainer the node runs is another module
+    object than this file's ``spare_core.trainer``: every loaded copy is listened to."""
+
+    def __enter__(self) -> "LastCheck":
+        self.arguments: dict = {}
+        self._checks = [module.ErasureCheck for name, module in list(sys.modules.items())
+                        if name.endswith("spare_core.trainer") and hasattr(module, "ErasureCheck")]
+        self._measure = [check.__dict__["measure"] for check in self._checks]
+        original = trainer.ErasureCheck.__dict__["measure"].__func__
+
+        def listening(step, concept, surrogate, student_forget, retain, student_retain, sigma_forget, sigma_retain,
+                      overshoot=0.0, unconditional=None, student_unconditional=None):
+            self.arguments = {"concept": concept, "surrogate": surrogate, "student": student_forget,
+                              "unconditional": unconditional, "student_unconditional": student_unconditional}
+            return original(step, concept, surrogate, student_forget, retain, student_retain, sigma_forget,
+                            sigma_retain, overshoot, unconditional, student_unconditional)
+
+        for check in self._checks:
+            check.measure = staticmethod(listening)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for check, measure in zip(self._checks, self._measure, strict=True):
+            check.measure = measure
+        if not self.arguments:
+            raise RuntimeError("the Train job ran no erasure check that this benchmark could listen to")
+
+    def share_at(self, guidance: float) -> float:
+        return trainer.nearer_surrogate_share(**self.arguments, guidance=guidance)
 
 
 def judge_class(ua: float) -> str:
@@ -154,6 +207,12 @@ def grid(strips: Path, path: Path) -> None:
     picture.save(path, quality=88)
 
 
+def recorded(results: dict, row: str) -> dict | None:
+    """The figures a METHOD:CONCEPT row holds in the JSON (None when it was not measured)."""
+    method, label = row.split(":", 1)
+    return results.get(method, {}).get("per_concept", {}).get(label)
+
+
 def measured_rows(results: dict) -> list[dict]:
     """Every measured row as {row, steps, figures…, UA}."""
     rows = []
@@ -187,13 +246,18 @@ def summarise(results: dict, split_name: str) -> None:
     rows = measured_rows(results)
     if not rows:
         return
+    # A figure added as a candidate later is compared only once every measured row has it.
+    figures = [figure for figure in FIGURES if all(figure in row for row in rows)]
     if split_name == "dev":
-        results["chosen"] = {figure: choose_thresholds(rows, figure) for figure in FIGURES}
+        results["chosen"] = {figure: choose_thresholds(rows, figure) for figure in figures}
+        # The best figure by rows agreeing; a tie keeps the figure already shipped.
+        results["best_figure"] = max(figures, key=lambda figure: (results["chosen"][figure]["agreeing"],
+                                                                  figure == VERDICT_FIGURE))
         return
     report = {"shipped": agreement(rows, VERDICT_FIGURE, VERDICT_THRESHOLDS)}
     dev = SPLITS["dev"].json
     chosen = json.loads(dev.read_text()).get("chosen", {}) if dev.exists() else {}
-    for figure in FIGURES:  # the other figures with the thresholds dev chose for each, for comparison
+    for figure in figures:  # the other figures with the thresholds dev chose for each, for comparison
         if figure != VERDICT_FIGURE and figure in chosen:
             report[f"{figure} (dev's thresholds, not shipped)"] = agreement(rows, figure,
                                                                             tuple(chosen[figure]["thresholds"]))
@@ -211,6 +275,10 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", type=Path, default=None,
                         help="the strips of every measured row as one picture (default: "
                              "docs/results/verdict_calibration/SPLIT.jpg)")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="train the rows already measured again to add the figures they lack (a candidate added "
+                             "later), keeping their judged images; a row whose recorded figures the training does "
+                             "not reproduce is an error")
     args = parser.parse_args(argv)
     split = SPLITS[args.split]
     concepts = parse_concepts(split.concepts)
@@ -220,7 +288,15 @@ def main(argv=None) -> int:
              for n in counts]
     json_path = args.json or split.json
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    todo = rows_to_measure(parser, args.rows, args.redo, every, results)
+    if args.figures_only:
+        wanted = listed(args.rows) or every
+        if unknown := [row for row in wanted if row not in every]:
+            parser.error(f"unknown rows {unknown}; choose from {', '.join(every)}")
+        todo = [row for row in wanted if "UA" in (recorded(results, row) or {})
+                and not set(ADDED) <= recorded(results, row).keys()]
+        print(f"measured rows lacking figures: {', '.join(todo) or 'none'}", flush=True)
+    else:
+        todo = rows_to_measure(parser, args.rows, args.redo, every, results)
     grid_path = args.grid or REPO / "docs" / "results" / "verdict_calibration" / f"{args.split}.jpg"
     if not todo:
         results["protocol"] = __doc__
@@ -255,16 +331,31 @@ def main(argv=None) -> int:
             inputs["learning_rate"] = WEAK_LEARNING_RATE
         if split.train_seed is not None:
             inputs["seed"] = split.train_seed
-        trained = train().job(**inputs)
+        with LastCheck() as last:
+            trained = train().job(**inputs)
         check = trained.result.final_check
+        figures = {"steps": trained.result.steps_done, "nearer_surrogate": check.nearer_surrogate,
+                   "guided_nearer_surrogate": check.guided_nearer_surrogate,
+                   "cfg_nearer_surrogate": last.share_at(SAMPLE_GUIDANCE),
+                   **{f"guided_w{w:g}": last.share_at(w) for w in GUIDANCE_SWEEP},
+                   "gap_closed": check.gap_closed, "retain_drift": check.retain_drift}
+        if args.figures_only:
+            before = recorded(results, row)
+            differing = {k: (before[k], v) for k, v in figures.items() if k in before and before[k] != v}
+            if differing:
+                raise SystemExit(f"{row}: the training no longer reproduces the recorded figures {differing} "
+                                 f"(recorded, now); measure the row whole with --redo {row}")
+            before.update(figures)
+            summarise(results, args.split)
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{row:28s} reproduced; cfg{SAMPLE_GUIDANCE:g} {figures['cfg_nearer_surrogate']:.3f}", flush=True)
+            continue
         pictures = generate(runtime.nodes, trained.model, clip, vae, images.prompts, split.sampler_seed, cache=cache)
         save_strip(pictures, strips / f"{method}.png")
         judged = images.judged(pictures)
         ua = judged["UA"]
         results.setdefault(method, {}).setdefault("per_concept", {})[label] = {
-            "steps": trained.result.steps_done, "nearer_surrogate": check.nearer_surrogate,
-            "guided_nearer_surrogate": check.guided_nearer_surrogate, "gap_closed": check.gap_closed,
-            "retain_drift": check.retain_drift, **judged, "judge": judge_class(ua)}
+            **figures, **judged, "judge": judge_class(ua)}
         summarise(results, args.split)
         results["machine"] = {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
                               "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -272,6 +363,7 @@ def main(argv=None) -> int:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
         grid(args.strips / args.split, grid_path)
         print(f"{row:28s} nearer {check.nearer_surrogate:.3f} guided {check.guided_nearer_surrogate:.3f} "
+              f"cfg{SAMPLE_GUIDANCE:g} {figures['cfg_nearer_surrogate']:.3f} "
               f"gap {check.gap_closed:.3f} drift {check.retain_drift:.3f} UA {ua:.3f} IRA {judged['IRA']:.3f} "
               f"(base UA {base[label]['UA']:.3f} IRA {base[label]['IRA']:.3f})", flush=True)
     return 0

@@ -255,11 +255,10 @@ def header_value(header: Mapping[str, str], key: str, default=None):
 # share, without the empty prompt, read 1.0 on adapters the judge still saw the concept in: they had moved every
 # prompt alike). Share ≥ hi erased, < lo not erased, partly between. Figure and thresholds were chosen on
 # benchmarks/verdict_calibration.py's dev split against the SynthCanvas judge (its classes: UA ≥ 0.9 erased, ≥ 0.5
-# partly); there the best pair had lo = hi (no band for "partly" agreed better: the two partly-erased dev rows sat at
-# 0.56 among erased rows that all but one reach 0.25), so the verdict is two-way until more partial erasures are
-# measured. With the check's 16 draws, 0.25 is 4 draws.
-# docs/synthcanvas.md reports the agreement on the held-out split.
-VERDICT_THRESHOLDS = (0.25, 0.25)  # (lo, hi)
+# partly): the pair that agreed with the judge on most of its 44 rows (38). With the check's 16 draws: erased from
+# 8 draws, partly erased at 6 or 7, not erased at 5 or fewer. docs/synthcanvas.md reports the agreement on the
+# held-out split.
+VERDICT_THRESHOLDS = (0.375, 0.5)  # (lo, hi)
 VERDICT_FIGURE = "guided_nearer_surrogate"  # the ErasureCheck / ErasureFigures field the verdict reads
 VERDICTS = ("erased", "partly erased", "not erased")
 

@@ -89,19 +89,38 @@ class ErasureCheck:
         gap = float((weight_f * (concept - surrogate)).pow(2).mean().sqrt()) or torch.finfo(torch.float32).tiny
         remaining = float((weight_f * (student_forget - target)).pow(2).mean().sqrt())
         drift = float((weight_r * (student_retain - retain)).pow(2).mean().sqrt())
-        # Per draw, a yes or no a user can read ("the concept now comes out as the surrogate on 15 of 16 draws"):
-        # σ scales a draw's two distances alike, so it is left out of the comparison.
-        to_surrogate = (student_forget - surrogate).flatten(1).pow(2).sum(1)
-        to_concept = (student_forget - concept).flatten(1).pow(2).sum(1)
-        nearer = float((to_surrogate < to_concept).float().mean())
+        nearer = nearer_surrogate_share(concept, surrogate, student_forget)
         guided = None
         if unconditional is not None and student_unconditional is not None:
-            direction = student_forget - student_unconditional
-            to_surrogate = (direction - (surrogate - unconditional)).flatten(1).pow(2).sum(1)
-            to_concept = (direction - (concept - unconditional)).flatten(1).pow(2).sum(1)
-            guided = round(float((to_surrogate < to_concept).float().mean()), 4)
+            guided = nearer_surrogate_share(concept, surrogate, student_forget, unconditional, student_unconditional,
+                                            guidance=math.inf)
         return ErasureCheck(round(1.0 - remaining / ((1.0 + overshoot) * gap), 4), round(drift / gap, 4), step, gap,
-                            round(nearer, 4), guided)
+                            nearer, guided)
+
+
+def nearer_surrogate_share(concept: torch.Tensor, surrogate: torch.Tensor, student: torch.Tensor,
+                           unconditional: Optional[torch.Tensor] = None,
+                           student_unconditional: Optional[torch.Tensor] = None, guidance: float = 1.0) -> float:
+    """Share of the draws (first dimension) on which the erased model's prediction for the concept lies nearer the
+    frozen model's prediction for the surrogate than its prediction for the concept, each prediction taken as a
+    sampler with classifier-free guidance ``guidance`` = w combines it, ε(∅) + w·(ε(c) − ε(∅)), each model with its
+    own empty-prompt prediction (``unconditional``, ``student_unconditional``). w = 1 compares the conditional
+    predictions alone (no empty prompt needed); w = inf the guidance directions ε(c) − ε(∅) alone."""
+    if guidance != 1.0:
+        if unconditional is None or student_unconditional is None:
+            raise ValueError("guidance other than 1 needs both models' empty-prompt predictions")
+        if math.isinf(guidance):
+            student, concept, surrogate = (student - student_unconditional, concept - unconditional,
+                                           surrogate - unconditional)
+        else:
+            student = student_unconditional + guidance * (student - student_unconditional)
+            concept = unconditional + guidance * (concept - unconditional)
+            surrogate = unconditional + guidance * (surrogate - unconditional)
+    # Per draw, a yes or no a user can read ("the concept now comes out as the surrogate on 15 of 16 draws"):
+    # σ scales a draw's two distances alike, so it is left out of the comparison.
+    to_surrogate = (student - surrogate).flatten(1).pow(2).sum(1)
+    to_concept = (student - concept).flatten(1).pow(2).sum(1)
+    return round(float((to_surrogate < to_concept).float().mean()), 4)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ test_erasure_training.py (SD) and test_dit.py (Flux, SD3, Lumina 2); what is che
 a model small enough to train to convergence in a second."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from spare_core.lora import SparseLoRASet
 from spare_core.saliency import every_module
 from spare_core.samples import ConceptSamples
 from spare_core.timesteps import select_timesteps
-from spare_core.trainer import ErasureCheck, train_adapter
+from spare_core.trainer import ErasureCheck, nearer_surrogate_share, train_adapter
 
 BRANCHES = 8
 SHARED = BRANCHES  # the gate slot of the module every prompt uses
@@ -256,3 +257,26 @@ def test_guided_share_ignores_a_shift_of_every_prompt_and_counts_a_turned_direct
     assert erased.guided_nearer_surrogate == 0.75
     without_empty = ErasureCheck.measure(1, concept, surrogate, turned, retain, retain, sigmas, torch.ones(2))
     assert without_empty.guided_nearer_surrogate is None
+
+
+def test_share_at_a_guidance_scale_weighs_the_empty_prompts_drift_as_the_sampler_does():
+    """ε(∅) + w·(ε(c) − ε(∅)) is what a sampler at guidance w steps with: at w = 1 the share is the plain one, at
+    w = inf the guided one, and in between the empty prompt's drift counts less the larger w is. Here (concept 0,
+    surrogate 1, empty prompt −1) the erased model's concept prediction reached the surrogate's and its empty
+    prompt's moved to −0.2, so its guidance direction is 1.2, short of the midpoint 1.5 between the concept's 1 and
+    the surrogate's 2; the combined prediction −0.2 + 1.2·w is past the midpoint −1 + 1.5·w only while w < 8/3."""
+    concept, surrogate = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
+    empty = torch.full((4, 1, 2, 2), -1.0)
+    student, student_empty = surrogate.clone(), torch.full((4, 1, 2, 2), -0.2)
+
+    def share(w):
+        return nearer_surrogate_share(concept, surrogate, student, empty, student_empty, guidance=w)
+
+    assert share(1.0) == nearer_surrogate_share(concept, surrogate, student) == 1.0
+    assert share(2.0) == 1.0
+    assert share(3.0) == share(5.0) == share(math.inf) == 0.0
+    guided = ErasureCheck.measure(1, concept, surrogate, student, empty[:2], empty[:2], torch.ones(4), torch.ones(2),
+                                  unconditional=empty, student_unconditional=student_empty)
+    assert (guided.nearer_surrogate, guided.guided_nearer_surrogate) == (share(1.0), share(math.inf))
+    with pytest.raises(ValueError, match="empty-prompt predictions"):
+        nearer_surrogate_share(concept, surrogate, student, guidance=5.0)

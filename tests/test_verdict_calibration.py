@@ -26,3 +26,34 @@ def test_agreement_counts_each_judge_class_against_each_verdict():
     assert (table["agreeing"], table["rows"]) == (1, 3)
     assert table["judge_class_to_verdict"]["erased"] == {"erased": 1, "partly erased": 0, "not erased": 1}
     assert table["judge_class_to_verdict"]["not erased"]["erased"] == 1
+
+
+def test_dev_names_the_figure_that_agrees_most_and_a_tie_keeps_the_shipped_one():
+    from benchmarks.verdict_calibration import FIGURES, summarise
+    from spare_core.adapter import VERDICT_FIGURE
+
+    def results(values_by_ua):
+        per = {f"c{i}": {"UA": ua, **{figure: value for figure in FIGURES}} for i, (ua, value) in
+               enumerate(values_by_ua)}
+        return {"steps5": {"per_concept": per}}
+
+    other = next(figure for figure in FIGURES if figure != VERDICT_FIGURE)
+    separating = results([(0.0, 0.1), (1.0, 0.9)])
+    summarise(separating, "dev")
+    assert separating["best_figure"] == VERDICT_FIGURE  # every figure agrees on both rows: the shipped one stays
+    better = results([(0.0, 0.1), (1.0, 0.9), (0.0, 0.95)])
+    better["steps5"]["per_concept"]["c2"][other] = 0.0  # only `other` calls the third row not erased
+    summarise(better, "dev")
+    assert better["best_figure"] == other
+    assert better["chosen"][other]["agreeing"] == 3 > better["chosen"][VERDICT_FIGURE]["agreeing"]
+
+
+def test_a_figure_some_rows_lack_is_left_out_of_the_comparison():
+    from benchmarks.verdict_calibration import summarise
+
+    rows = {"steps5": {"per_concept": {"a": {"UA": 1.0, "nearer_surrogate": 1.0, "guided_nearer_surrogate": 1.0,
+                                             "cfg_nearer_surrogate": 1.0, "gap_closed": 0.5},
+                                       "b": {"UA": 0.0, "nearer_surrogate": 0.0, "guided_nearer_surrogate": 0.0,
+                                             "gap_closed": 0.0}}}}
+    summarise(rows, "dev")
+    assert "cfg_nearer_surrogate" not in rows["chosen"] and "guided_nearer_surrogate" in rows["chosen"]
