@@ -4,6 +4,7 @@ check says beside what the judge sees in generated images, over concepts and ste
     python benchmarks/verdict_calibration.py --split dev        # the dev split: chooses the verdict's thresholds
     python benchmarks/verdict_calibration.py                    # the held-out split: reports the agreement
     python benchmarks/verdict_calibration.py --rows steps25:style:neon,steps50:style:neon
+    python benchmarks/verdict_calibration.py --figures-only    # add a later candidate's figures to measured rows
 
 Rows are steps<N>:CONCEPT and lr1e-4_steps<N>:CONCEPT. Each is one Train job at the node's defaults with ``steps``
 = N (and learning rate 1e-4 instead of 3e-3 in the second kind), the concept typed as a phrase onto the benchmark's
@@ -38,11 +39,12 @@ run as a smoke test with only the plain share, showed it at 1.0 on images the ju
 share was added as a candidate then. The lr1e-4 rows were added after the 24 rows at the default learning rate
 (5 of them not erased by the judge, 1 partly), before any lr1e-4 row was measured. The cfg share was added after the
 whole held-out split had been measured with the guided verdict, which said "not erased" at the defaults for charcoal
-and sunset although the judge and the pictures show them erased; every dev row was then measured again (training is
-deterministic: the other figures came out as before) to give it its dev figures, and the choice between figures was
-made on dev as above. The guided shares at guidance 2 and 10 are recorded beside it, never chosen from. The lr1e-4
-rows at 150 and 200 steps joined dev after that (its 36 rows held only two partly-erased ones, too few to place a
-band for them), before any of them was measured; held-out keeps its 96 rows.
+and sunset although the judge and the pictures show them erased; every dev and held-out row was then trained again
+(--figures-only; training is deterministic: all 132 rows reproduced their recorded figures exactly) to give it its
+figures, and the choice between figures was made on dev as above (on the 36 rows it tied with the guided share).
+The guided shares at guidance 2 and 10 are recorded beside it, never chosen from. The lr1e-4 rows at 150 and 200
+steps joined dev after that (its 36 rows held only two partly-erased ones, too few to place a band for them),
+before any of them was measured; held-out keeps its 96 rows.
 
 The JSON is written after every row; a re-run skips the rows already there unless --redo names them.
 """
