@@ -307,7 +307,11 @@ def test_queue_style_erasure_and_watch_it_train(comfy, server, page, compact_sd1
     assert columns.max() - columns.min() >= 0.8 * (curve.shape[1] - 30), "the curve does not span the panel"
 
 
-def test_adapter_details_show_on_load_and_apply_nodes(comfy, page, compact_sd1_checkpoint):
+def test_adapter_details_show_on_load_and_apply_nodes(comfy, server, page, compact_sd1_checkpoint):
+    # The example loads the adapter the training test above saved; without it the prompt fails validation and the
+    # wait below would only time out.
+    saved = server[1] / "models" / "loras" / "spare_erase_van_gogh_00001_.safetensors"
+    assert saved.exists(), "run together with test_queue_style_erasure_and_watch_it_train, which saves the adapter"
     graph = _shrunk_ui(comfy, "compare_saved_adapter", compact_sd1_checkpoint, 1)
     page.evaluate("(wf) => app.loadGraphData(wf)", graph)
     page.evaluate("() => app.queuePrompt(0, 1)")
