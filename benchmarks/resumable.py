@@ -26,12 +26,21 @@ def rows_to_measure(parser: argparse.ArgumentParser, rows: str, redo: str, every
                     on_request: tuple[str, ...] = ()) -> list[str]:
     """The rows of ``rows`` (default: ``every``) that ``results`` lacks, and those ``redo`` names; a row outside
     ``every`` and ``on_request`` (rows run only when named) is a command-line error naming the valid ones."""
-    wanted, again = listed(rows) or every, set(listed(redo))
-    valid = every + list(on_request)
-    unknown = [row for row in wanted + sorted(again) if row not in valid]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {', '.join(valid)}")
+    again = set(listed(redo))
+    wanted = known_rows(parser, rows, every, on_request, extra=tuple(sorted(again)))
     todo = [row for row in wanted if row in again
             or row.split(":", 1)[1] not in results.get(row.split(":", 1)[0], {}).get("per_concept", {})]
     print(f"rows to measure: {', '.join(todo) or 'none'}", flush=True)
     return todo
+
+
+def known_rows(parser: argparse.ArgumentParser, rows: str, every: list[str], on_request: tuple[str, ...] = (),
+               extra: tuple[str, ...] = ()) -> list[str]:
+    """The rows of ``rows`` (default: ``every``); one outside ``every`` and ``on_request`` (or among ``extra``) is a
+    command-line error naming the valid ones."""
+    wanted = listed(rows) or every
+    valid = every + list(on_request)
+    unknown = [row for row in wanted + list(extra) if row not in valid]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(valid)}")
+    return wanted

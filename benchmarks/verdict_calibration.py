@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from benchmarks.resumable import listed, row_parser, rows_to_measure
+from benchmarks.resumable import known_rows, row_parser, rows_to_measure
 from benchmarks.unlearncanvas import EVAL_SEED, Concept, node_defaults, parse_concepts, user_phrases
 from spare_core import trainer
 from spare_core.adapter import VERDICT_FIGURE, VERDICT_THRESHOLDS, erasure_verdict
@@ -128,18 +128,18 @@ class LastCheck:
         self._checks = [module.ErasureCheck for name, module in list(sys.modules.items())
                         if name.endswith("spare_core.trainer") and hasattr(module, "ErasureCheck")]
         self._measure = [check.__dict__["measure"] for check in self._checks]
-        original = trainer.ErasureCheck.__dict__["measure"].__func__
+        for check, measure in zip(self._checks, self._measure, strict=True):
+            check.measure = staticmethod(self._listening(measure.__func__))
+        return self
 
+    def _listening(self, original):
         def listening(step, concept, surrogate, student_forget, retain, student_retain, sigma_forget, sigma_retain,
                       overshoot=0.0, unconditional=None, student_unconditional=None):
             self.arguments = {"concept": concept, "surrogate": surrogate, "student": student_forget,
                               "unconditional": unconditional, "student_unconditional": student_unconditional}
             return original(step, concept, surrogate, student_forget, retain, student_retain, sigma_forget,
                             sigma_retain, overshoot, unconditional, student_unconditional)
-
-        for check in self._checks:
-            check.measure = staticmethod(listening)
-        return self
+        return listening
 
     def __exit__(self, *exc) -> None:
         for check, measure in zip(self._checks, self._measure, strict=True):
@@ -291,10 +291,7 @@ def main(argv=None) -> int:
     json_path = args.json or split.json
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     if args.figures_only:
-        wanted = listed(args.rows) or every
-        if unknown := [row for row in wanted if row not in every]:
-            parser.error(f"unknown rows {unknown}; choose from {', '.join(every)}")
-        todo = [row for row in wanted if "UA" in (recorded(results, row) or {})
+        todo = [row for row in known_rows(parser, args.rows, every) if "UA" in (recorded(results, row) or {})
                 and not set(ADDED) <= recorded(results, row).keys()]
         print(f"measured rows lacking figures: {', '.join(todo) or 'none'}", flush=True)
     else:

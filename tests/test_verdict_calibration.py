@@ -1,6 +1,7 @@
 """The rule that chose the verdict's thresholds on the dev split (benchmarks/verdict_calibration.py)."""
 
-from benchmarks.verdict_calibration import agreement, choose_thresholds, judge_class
+from benchmarks.verdict_calibration import FIGURES, agreement, choose_thresholds, judge_class, summarise
+from spare_core.adapter import VERDICT_FIGURE
 
 
 def _row(share: float, ua: float) -> dict:
@@ -29,9 +30,6 @@ def test_agreement_counts_each_judge_class_against_each_verdict():
 
 
 def test_dev_names_the_figure_that_agrees_most_and_a_tie_keeps_the_shipped_one():
-    from benchmarks.verdict_calibration import FIGURES, summarise
-    from spare_core.adapter import VERDICT_FIGURE
-
     def results(values_by_ua):
         per = {f"c{i}": {"UA": ua, **{figure: value for figure in FIGURES}} for i, (ua, value) in
                enumerate(values_by_ua)}
@@ -49,8 +47,6 @@ def test_dev_names_the_figure_that_agrees_most_and_a_tie_keeps_the_shipped_one()
 
 
 def test_a_figure_some_rows_lack_is_left_out_of_the_comparison():
-    from benchmarks.verdict_calibration import summarise
-
     rows = {"steps5": {"per_concept": {"a": {"UA": 1.0, "nearer_surrogate": 1.0, "guided_nearer_surrogate": 1.0,
                                              "cfg_nearer_surrogate": 1.0, "gap_closed": 0.5},
                                        "b": {"UA": 0.0, "nearer_surrogate": 0.0, "guided_nearer_surrogate": 0.0,
