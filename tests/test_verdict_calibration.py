@@ -1,5 +1,8 @@
 """The rule that chose the verdict's thresholds on the dev split (benchmarks/verdict_calibration.py)."""
 
+import pytest
+
+from benchmarks.resumable import row_parser, rows_to_measure
 from benchmarks.verdict_calibration import FIGURES, agreement, choose_thresholds, judge_class, summarise
 from spare_core.adapter import VERDICT_FIGURE
 
@@ -53,3 +56,15 @@ def test_a_figure_some_rows_lack_is_left_out_of_the_comparison():
                                              "gap_closed": 0.0}}}}
     summarise(rows, "dev")
     assert "cfg_nearer_surrogate" not in rows["chosen"] and "guided_nearer_surrogate" in rows["chosen"]
+
+
+def test_a_resumable_benchmark_names_the_valid_rows_when_given_an_unknown_one(capsys):
+    parser = row_parser("test", {"heldout": None})
+    every = ["steps5:style:a", "steps10:style:a"]
+    results = {"steps5": {"per_concept": {"style:a": {"UA": 1.0}}}}
+    assert rows_to_measure(parser, "", "", every, results) == ["steps10:style:a"]
+    assert rows_to_measure(parser, "", "steps5:style:a", every, results) == every
+    for rows, redo in (("steps7:style:a", ""), ("", "steps7:style:a")):
+        with pytest.raises(SystemExit):
+            rows_to_measure(parser, rows, redo, every, results)
+        assert "unknown rows ['steps7:style:a']; choose from steps5:style:a, steps10:style:a" in capsys.readouterr().err
